@@ -1,0 +1,38 @@
+"""memr1: long-term memory for LLM agents in one SQLite file."""
+
+from .embedding import DEFAULT_EMBEDDER, Embedder, LlamaEmbedder
+from .errors import (
+    BankBusy,
+    BankError,
+    ExtensionUnavailable,
+    IncompatibleBank,
+    InvalidInput,
+    MemoryNotFound,
+    MemR1Error,
+    ModelNotAvailable,
+    ModelOutputError,
+)
+from .memory import Memory
+from .schema import HistoryEntry, Hit, MemoryItem, Operation, Turn
+
+__all__ = [
+    "DEFAULT_EMBEDDER",
+    "BankBusy",
+    "BankError",
+    "Embedder",
+    "ExtensionUnavailable",
+    "HistoryEntry",
+    "Hit",
+    "IncompatibleBank",
+    "InvalidInput",
+    "LlamaEmbedder",
+    "Memory",
+    "MemoryItem",
+    "MemoryNotFound",
+    "MemR1Error",
+    "ModelNotAvailable",
+    "ModelOutputError",
+    "Operation",
+    "Turn",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,132 @@
+"""Text embeddings through llama.cpp, loaded lazily and once per process."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import ModelNotAvailable
+from .models import gguf_header, parse_ref, resolve
+
+# bge-small-en-v1.5 (BAAI, MIT): 384-d, 33M parameters, ~36 MB at Q8_0; strong for its size.
+DEFAULT_EMBEDDER = "ChristianAzinn/bge-small-en-v1.5-gguf/bge-small-en-v1.5.Q8_0.gguf"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Anything that maps texts to unit vectors of a fixed size can back a bank."""
+
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+_loaded: dict[tuple[Any, ...], tuple[Any, threading.Lock]] = {}
+_loaded_lock = threading.Lock()
+
+
+@atexit.register
+def _close_models() -> None:
+    """Free llama.cpp models before interpreter teardown, when their __del__ would fail noisily."""
+    with _loaded_lock:
+        for llm, _ in _loaded.values():
+            llm.close()
+        _loaded.clear()
+
+
+def shared_llama(path: Path, **kwargs: Any) -> tuple[Any, threading.Lock]:
+    """One Llama per (file, settings) per process, with its own lock: contexts are not thread-safe."""
+    key = (str(path.resolve()), tuple(sorted(kwargs.items())))
+    with _loaded_lock:
+        if key not in _loaded:
+            try:
+                from llama_cpp import Llama
+            except ImportError as e:  # pragma: no cover - a hard dependency
+                raise ModelNotAvailable(f"llama-cpp-python is not importable: {e}") from None
+            try:
+                llm = Llama(model_path=str(path), verbose=False, **kwargs)
+            except Exception as e:
+                raise ModelNotAvailable(f"llama.cpp could not load {path}: {type(e).__name__}: {e}") from None
+            _loaded[key] = (llm, threading.Lock())
+        return _loaded[key]
+
+
+@functools.lru_cache(maxsize=32)
+def _header(path: str, mtime_ns: int) -> dict[str, object]:
+    return gguf_header(Path(path))
+
+
+def header(path: Path) -> dict[str, object]:
+    return _header(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+class LlamaEmbedder:
+    """A GGUF embedding model run in-process by llama-cpp-python.
+
+    Resolving the file and reading its size is cheap and happens on first use of
+    `dim`/`identity`; the weights load on the first `embed` call.
+    """
+
+    def __init__(self, model: str | os.PathLike[str] = DEFAULT_EMBEDDER, *, n_threads: int | None = None,
+                 batch_size: int = 32, query_prefix: str = "") -> None:  # fmt: skip
+        self.ref = os.fspath(model)
+        self.n_threads = n_threads
+        self.batch_size = batch_size
+        self.query_prefix = query_prefix
+        self._path: Path | None = None
+        self._meta: dict[str, object] | None = None
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = resolve(self.ref)
+        return self._path
+
+    def _metadata(self) -> dict[str, object]:
+        if self._meta is None:
+            meta = header(self.path)
+            arch = meta.get("general.architecture")
+            if f"{arch}.embedding_length" not in meta:
+                raise ModelNotAvailable(f"{self.ref!r} is not an embedding model GGUF (no {arch}.embedding_length)")
+            self._meta = meta
+        return self._meta
+
+    @property
+    def dim(self) -> int:
+        meta = self._metadata()
+        return int(meta[f"{meta['general.architecture']}.embedding_length"])  # type: ignore[call-overload]
+
+    @property
+    def identity(self) -> str:
+        name = self._metadata().get("general.name") or parse_ref(self.ref).label.rsplit("/", 1)[-1]
+        return str(name)
+
+    def _llama(self) -> tuple[Any, threading.Lock]:
+        ctx = int(self._metadata().get(f"{self._metadata()['general.architecture']}.context_length", 512))  # type: ignore[call-overload]
+        return shared_llama(self.path, embedding=True, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, n_threads=self.n_threads)
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text; long texts are truncated to the model's context."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        llm, lock = self._llama()
+        inputs = [self.query_prefix + t if query else t for t in texts]
+        rows: list[list[float]] = []
+        with lock:
+            for start in range(0, len(inputs), self.batch_size):
+                rows.extend(llm.embed(inputs[start : start + self.batch_size], normalize=True, truncate=True))
+        out = np.asarray(rows, dtype=np.float32)
+        if out.shape != (len(texts), self.dim):
+            raise ModelNotAvailable(f"{self.ref!r} returned vectors of shape {out.shape}, expected {self.dim}-d")
+        return out

@@ -1,0 +1,267 @@
+"""`Memory`: the façade that wires store, embedder and retrieval together."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from . import retrieval
+from .embedding import DEFAULT_EMBEDDER, Embedder, LlamaEmbedder
+from .errors import InvalidInput
+from .schema import (
+    HistoryEntry,
+    Hit,
+    MemoryItem,
+    check_id,
+    check_metadata,
+    check_text,
+    check_user,
+    parse_time,
+    timestamp,
+    utcnow,
+)
+from .store import DEFAULT_BUSY_TIMEOUT_MS, Change, Store
+
+DEFAULT_USER = "default"
+EXPORT_VERSION = 1
+
+
+class Memory:
+    """A memory bank in one SQLite file.
+
+    Thread model: a `Memory` may be shared by threads. Database work is serialised on
+    one connection; embedding (and, later, LLM calls) run outside that lock, each model
+    behind its own. Several processes may open the same file: writes are short
+    BEGIN IMMEDIATE transactions in WAL mode, waiting up to `busy_timeout` seconds.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, embedder: str | os.PathLike[str] | Embedder | None = None,
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT_MS / 1000) -> None:  # fmt: skip
+        self.store = Store(path, busy_timeout_ms=int(busy_timeout * 1000))
+        self._index: retrieval.VectorIndex | None = None
+        recorded = self.store.meta().get("embedder_ref") or None
+        if isinstance(embedder, Embedder):
+            self.embedder: Embedder = embedder
+        else:
+            ref = embedder or recorded or os.environ.get("MEMR1_EMBEDDER") or DEFAULT_EMBEDDER
+            self.embedder = LlamaEmbedder(ref)
+        if embedder is not None:
+            self._bind()  # an explicit embedder is checked against the bank at open
+
+    # ---- lifecycle ----
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.store.close()
+
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+    def _bind(self) -> retrieval.VectorIndex:
+        if self._index is None:
+            ref = getattr(self.embedder, "ref", None)
+            self.store.bind_embedder(self.embedder.identity, self.embedder.dim, ref)
+            self._index = retrieval.VectorIndex(self.embedder.dim)
+        return self._index
+
+    def _embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
+        self._bind()
+        if query and isinstance(self.embedder, LlamaEmbedder):
+            return self.embedder.embed(texts, query=True)
+        return self.embedder.embed(texts)
+
+    # ---- writes ----
+
+    def add(self, text: str, *, user: str = DEFAULT_USER, at: datetime | str | None = None,
+            metadata: dict[str, Any] | None = None) -> MemoryItem:  # fmt: skip
+        """Store one memory verbatim (no LLM); see `observe` for the Memory Manager."""
+        text, user, moment, metadata = check_text(text), check_user(user), parse_time(at), check_metadata(metadata)
+        vector = self._embed([text])[0]
+        change = Change("ADD", user, text=text, vector=vector.tobytes(), at=moment,
+                        at_ts=timestamp(moment or utcnow()), metadata=metadata)  # fmt: skip
+        item = self.store.apply([change], actor="api")[0]
+        assert item is not None
+        return item
+
+    def update(self, memory_id: int, text: str, *, user: str | None = None, at: datetime | str | None = None,
+               metadata: dict[str, Any] | None = None) -> MemoryItem:  # fmt: skip
+        """Replace a memory's text (metadata is merged); the old text stays in its history."""
+        memory_id, text, metadata = check_id(memory_id), check_text(text), check_metadata(metadata)
+        user = check_user(user) if user is not None else None
+        moment = parse_time(at)
+        current = self.store.get(memory_id, user)  # fail fast, before the embedding work
+        vector = self._embed([text])[0]
+        change = Change("UPDATE", current.user, memory_id=memory_id, text=text, vector=vector.tobytes(), at=moment,
+                        at_ts=timestamp(moment) if moment else None, metadata=metadata)  # fmt: skip
+        item = self.store.apply([change], actor="api")[0]
+        assert item is not None
+        return item
+
+    def delete(self, memory_id: int, *, user: str | None = None) -> None:
+        memory_id = check_id(memory_id)
+        user = check_user(user) if user is not None else None
+        current = self.store.get(memory_id, user)
+        self.store.apply([Change("DELETE", current.user, memory_id=memory_id)], actor="api")
+
+    def delete_all(self, *, user: str) -> int:
+        """Delete every memory and raw turn of one user (and nobody else's); returns memories deleted."""
+        user = check_user(user)
+        with self.store.write() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM memories WHERE user_id = ?", (user,))]
+            for mid in ids:
+                self.store._apply_one(conn, Change("DELETE", user, memory_id=mid), "api", None)
+            self.store.delete_turns(conn, user)
+        return len(ids)
+
+    # ---- reads ----
+
+    def get(self, memory_id: int, *, user: str | None = None) -> MemoryItem:
+        return self.store.get(check_id(memory_id), check_user(user) if user is not None else None)
+
+    def list(self, *, user: str | None = DEFAULT_USER, limit: int | None = None, offset: int = 0,
+             filters: dict[str, Any] | None = None) -> list[MemoryItem]:  # fmt: skip
+        """Memories oldest first; `user=None` lists every user's."""
+        return self.store.list(check_user(user) if user is not None else None, limit=limit, offset=offset,
+                               filters=_check_filters(filters))  # fmt: skip
+
+    def history(self, memory_id: int, *, user: str | None = None) -> list[HistoryEntry]:
+        """Every change to one memory, oldest first, including its deletion."""
+        return self.store.history(check_id(memory_id), check_user(user) if user is not None else None)
+
+    def search(self, query: str, k: int = 10, *, user: str | None = DEFAULT_USER, since: datetime | str | None = None,
+               until: datetime | str | None = None, filters: dict[str, Any] | None = None,
+               mode: retrieval.Mode = "hybrid") -> list[Hit]:  # fmt: skip
+        """Hybrid (vector + BM25) search within one user's memories (`user=None`: all users)."""
+        query = check_text(query, "query")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
+            raise InvalidInput(f"k must be an int from 1 to 1000, got {k!r}")
+        if mode not in ("hybrid", "vector", "text"):
+            raise InvalidInput(f"mode must be hybrid, vector or text, not {mode!r}")
+        user = check_user(user) if user is not None else None
+        start, end = parse_time(since, "since"), parse_time(until, "until")
+        index = self._bind()
+        vector = self._embed([query], query=True)[0] if mode != "text" else None
+        return retrieval.search(self.store, index, vector, query, k=k, user=user,
+                                since=timestamp(start) if start else None, until=timestamp(end) if end else None,
+                                filters=_check_filters(filters), mode=mode)  # fmt: skip
+
+    # ---- bulk ----
+
+    def export(self, path: str | os.PathLike[str], *, user: str | None = None) -> int:
+        """Write turns, memories and their history as JSON lines; returns memories written."""
+        user = check_user(user) if user is not None else None
+        count = 0
+        tmp = Path(f"{os.fspath(path)}.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            header = {"type": "memr1-export", "version": EXPORT_VERSION, "embedder": self.store.meta().get("embedder")}
+            f.write(json.dumps(header) + "\n")
+            for row in self.store.export_rows(user):
+                count += row["type"] == "memory"
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        tmp.replace(path)  # never leave a half-written export under the real name
+        return count
+
+    def import_jsonl(self, path: str | os.PathLike[str]) -> int:
+        """Import an export; every line is validated first, then all is written in one transaction."""
+        turns, memories, history = _read_export(Path(path))
+        vectors = self._embed([m["text"] for m in memories]) if memories else np.zeros((0, 1), np.float32)
+        rows = [(m, vectors[i].tobytes()) for i, m in enumerate(memories)]
+        return self.store.import_rows(turns, rows, history)
+
+    # ---- introspection ----
+
+    def sqlite_info(self) -> dict[str, Any]:
+        """Which SQLite driver, SQLite and sqlite-vec versions this bank runs on."""
+        return self.store.sqlite_info()
+
+    def stats(self) -> dict[str, Any]:
+        meta = self.store.meta()
+        return {
+            "path": str(self.path),
+            "bytes": self.path.stat().st_size if self.path.exists() else 0,
+            **self.store.counts(),
+            "embedder": meta.get("embedder"),
+            "embedder_dim": int(meta["embedder_dim"]) if "embedder_dim" in meta else None,
+            **self.sqlite_info(),
+        }
+
+    # ---- the agents: observe() and ask() arrive with the Memory Manager and Answer Agent ----
+
+
+def _check_filters(filters: object) -> dict[str, Any] | None:
+    if filters is None:
+        return None
+    if not isinstance(filters, dict):
+        raise InvalidInput(f"filters must be a dict, got {type(filters).__name__}")
+    return check_metadata(filters)
+
+
+def _read_export(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Parse and validate a whole export before anything is written."""
+    from .schema import HistoryEntry as H
+
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 may sit inside a JSON string
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"cannot read {path}: {e}") from None
+    turns: list[dict[str, Any]] = []
+    memories: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+            kind = row.pop("type", None)
+            if kind == "memr1-export":
+                if row.get("version") != EXPORT_VERSION:
+                    raise ValueError(f"export version {row.get('version')!r} is not {EXPORT_VERSION}")
+            elif kind == "memory":
+                item = MemoryItem(**row)
+                check_text(item.text), check_user(item.user), check_metadata(item.metadata)
+                memories.append(_memory_row(item))
+            elif kind == "history":
+                entry = H(id=0, **row)
+                history.append(entry.model_dump(mode="json"))
+            elif kind == "turn":
+                check_text(row.get("text"), "turn text"), check_user(row.get("user"))
+                check_metadata(row.get("metadata"))
+                row["at"] = _iso(parse_time(row.get("at")))
+                row["created_at"] = _iso(parse_time(row.get("created_at"), "created_at"))
+                turns.append({k: row.get(k) for k in ("id", "user", "session", "speaker", "text", "at", "created_at")}
+                             | {"metadata": row.get("metadata") or {}})  # fmt: skip
+            else:
+                raise ValueError(f"unknown line type {kind!r}")
+        except (ValueError, TypeError, ValidationError, InvalidInput) as e:
+            detail = str(e).splitlines()[0] if not isinstance(e, ValidationError) else _first_error(e)
+            raise InvalidInput(f"{path}, line {number}: {detail}; nothing was imported") from None
+    return turns, memories, history
+
+
+def _memory_row(item: MemoryItem) -> dict[str, Any]:
+    row = item.model_dump(mode="json")
+    row["at_ts"] = timestamp(item.at or item.created_at)
+    return row
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"

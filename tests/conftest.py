@@ -36,3 +36,10 @@ def bank(tmp_path: Path) -> Path:
 def mem(bank: Path, tiny_embedder: Path):
     with Memory(bank, embedder=tiny_embedder) as m:
         yield m
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from memr1.tiny_models import write_chat_model
+
+    return write_chat_model(tmp_path_factory.mktemp("models") / "tiny-chat.gguf", seed=0)

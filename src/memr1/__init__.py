@@ -1,5 +1,6 @@
 """memr1: long-term memory for LLM agents in one SQLite file."""
 
+from . import prompts
 from .embedding import DEFAULT_EMBEDDER, Embedder, LlamaEmbedder
 from .errors import (
     BankBusy,
@@ -13,10 +14,11 @@ from .errors import (
     ModelOutputError,
 )
 from .memory import Memory
-from .schema import HistoryEntry, Hit, MemoryItem, Operation, Turn
+from .schema import Answer, HistoryEntry, Hit, MemoryItem, Operation, Turn
 
 __all__ = [
     "DEFAULT_EMBEDDER",
+    "Answer",
     "BankBusy",
     "BankError",
     "Embedder",
@@ -34,5 +36,6 @@ __all__ = [
     "ModelOutputError",
     "Operation",
     "Turn",
+    "prompts",
 ]
 __version__ = "0.1.0"

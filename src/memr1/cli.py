@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import functools
 import json
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from .errors import MemR1Error
 from .memory import Memory
-from .schema import HistoryEntry, MemoryItem
+from .schema import Answer, HistoryEntry, MemoryItem, Operation
 
 
 def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -32,8 +34,21 @@ def bank_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return _fail_cleanly(fn)
 
 
-def _open(db: str, embedder: str | None) -> Memory:
-    return Memory(db, embedder=embedder)
+def agent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--base-url", envvar="MEMR1_BASE_URL", help="An OpenAI-compatible server (then models are names)."
+    )(fn)
+    fn = click.option("--answerer", envvar="MEMR1_ANSWERER", help="Answer Agent GGUF: a path or owner/repo/file.gguf.")(
+        fn
+    )
+    fn = click.option("--manager", envvar="MEMR1_MANAGER", help="Memory Manager GGUF: a path or owner/repo/file.gguf.")(
+        fn
+    )
+    return fn
+
+
+def _open(db: str, embedder: str | None, **agents: Any) -> Memory:
+    return Memory(db, embedder=embedder, **agents)
 
 
 def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
@@ -172,3 +187,153 @@ def stats(db: str, embedder: str | None, as_json: bool) -> None:
     with _open(db, embedder) as mem:
         data = mem.stats()
     _emit(as_json, data, lambda: [click.echo(f"{k:>20}: {v}") for k, v in data.items()])
+
+
+def _op_line(op: Operation) -> str:
+    if op.kind == "UPDATE":
+        return f"UPDATE #{op.memory_id}: {op.previous!r} -> {op.text!r}"
+    if op.kind == "DELETE":
+        return f"DELETE #{op.memory_id}: {op.previous!r}"
+    return f"{op.kind} #{op.memory_id}: {op.text!r}"
+
+
+@cli.command()
+@click.argument("text")
+@click.option("--speaker")
+@click.option("--at", help="When the turn was said (ISO 8601).")
+@click.option("--session")
+@click.option("--user", default="default", show_default=True)
+@agent_options
+@bank_options
+def observe(db: str, embedder: str | None, as_json: bool, text: str, speaker: str | None, at: str | None,
+            session: str | None, user: str, manager: str | None, answerer: str | None, base_url: str | None) -> None:  # fmt: skip
+    """Let the Memory Manager turn one dialogue turn into memory operations."""
+    with _open(db, embedder, manager=manager, answerer=answerer, base_url=base_url) as mem:
+        ops = mem.observe(text, speaker=speaker, at=at, session=session, user=user)
+    _emit(as_json, [o.model_dump(mode="json") for o in ops],
+          lambda: [click.echo(_op_line(o)) for o in ops] if ops else click.echo("no change"))  # fmt: skip
+
+
+@cli.command()
+@click.argument("question")
+@click.option("--user", default="default", show_default=True)
+@click.option("-k", default=60, show_default=True, help="Memories to retrieve before distilling.")
+@agent_options
+@bank_options
+def ask(db: str, embedder: str | None, as_json: bool, question: str, user: str, k: int, manager: str | None,
+        answerer: str | None, base_url: str | None) -> None:  # fmt: skip
+    """Ask the Answer Agent a question about one user's memories."""
+    with _open(db, embedder, manager=manager, answerer=answerer, base_url=base_url) as mem:
+        answer = mem.ask(question, user=user, k=k)
+    _emit(as_json, answer.model_dump(mode="json"), lambda: _print_answer(answer))
+
+
+def _print_answer(answer: Answer) -> None:
+    click.echo(answer.text)
+    for item in answer.selected:
+        click.echo(f"  from {_line(item)}")
+    click.echo(f"  ({answer.retrieved} retrieved, {len(answer.selected)} selected, {answer.tokens} tokens, "
+               f"{answer.seconds:.2f}s)")  # fmt: skip
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--user", default="default", show_default=True, help="For turns that name no user.")
+@agent_options
+@bank_options
+def ingest(db: str, embedder: str | None, as_json: bool, path: str, user: str, manager: str | None,
+           answerer: str | None, base_url: str | None) -> None:  # fmt: skip
+    """Observe a dialogue file: a JSON array or JSONL of turns ({"text", "speaker", "at", "session", "user"})."""
+    turns = _read_turns(Path(path))
+    with _open(db, embedder, manager=manager, answerer=answerer, base_url=base_url) as mem:
+        ops = mem.observe_many(turns, user=user, progress=not as_json)
+        usage = dict(mem.usage)
+    counts = {kind: sum(o.kind == kind for o in ops) for kind in ("ADD", "UPDATE", "DELETE")}
+    _emit(as_json, {"turns": len(turns), **counts, **usage},
+          lambda: click.echo(f"{len(turns)} turns: {counts['ADD']} added, {counts['UPDATE']} updated, "
+                             f"{counts['DELETE']} deleted ({usage['llm_calls']} LLM calls)"))  # fmt: skip
+
+
+def _read_turns(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+        rows = data if isinstance(data, list) else [data]
+    except json.JSONDecodeError:
+        try:
+            rows = [json.loads(line) for line in text.split("\n") if line.strip()]
+        except json.JSONDecodeError as e:
+            raise click.BadParameter(f"{path} is neither JSON nor JSONL: {e}") from None
+    if not all(isinstance(r, dict) and isinstance(r.get("text"), str) for r in rows):
+        raise click.BadParameter(f"{path}: every turn must be an object with a 'text' string")
+    allowed = {"text", "speaker", "at", "session", "user", "metadata"}
+    return [{k: v for k, v in r.items() if k in allowed} for r in rows]
+
+
+DEMO_TURNS = [
+    ("I adopted a dog named Buddy.", "2023-05-08T13:56", "s1"),
+    ("I adopted another dog, Scout!", "2023-06-02T10:00", "s2"),
+]
+
+
+@cli.command()
+@click.option("--db", type=click.Path(dir_okay=False), help="Keep the demo bank here (default: a temporary file).")
+@click.option("--embedder", envvar="MEMR1_EMBEDDER", help="Embedding GGUF (default: bge-small-en-v1.5 from the hub).")
+@click.option(
+    "--tiny", is_flag=True, help="Use tiny random-weight models built locally: no download, nonsense answers."
+)
+@agent_options
+@_fail_cleanly
+def demo(db: str | None, embedder: str | None, tiny: bool, manager: str | None, answerer: str | None,
+         base_url: str | None) -> None:  # fmt: skip
+    """Run the Buddy and Scout example end to end: observe two turns, then ask."""
+    with tempfile.TemporaryDirectory() as tmp:
+        models = _demo_models(Path(tmp), embedder=embedder, manager=manager, answerer=answerer,
+                              tiny=tiny, server=bool(base_url))  # fmt: skip
+        with Memory(db or Path(tmp) / "demo.db", base_url=base_url, **models) as mem:
+            click.echo(f"bank: {mem.path}  ({mem.sqlite_info()['driver']}, SQLite {mem.sqlite_info()['sqlite_version']}, "
+                       f"sqlite-vec {mem.sqlite_info()['sqlite_vec_version']})\n")  # fmt: skip
+            for text, at, session in DEMO_TURNS:
+                click.echo(f"Andrew ({at}): {text}")
+                ops = mem.observe(text, speaker="Andrew", at=at, session=session, user="andrew")
+                for op in ops or []:
+                    click.echo(f"  -> {_op_line(op)}")
+                if not ops:
+                    click.echo("  -> no change")
+            question = "How many dogs does Andrew have?"
+            click.echo(f"\nQ: {question}\nA: ", nl=False)
+            _print_answer(mem.ask(question, user="andrew"))
+            click.echo(f"\nLLM calls: {mem.usage['llm_calls']}, prompt tokens: {mem.usage['prompt_tokens']}, "
+                       f"completion tokens: {mem.usage['completion_tokens']}")  # fmt: skip
+
+
+def _demo_models(tmp: Path, *, embedder: str | None, manager: str | None, answerer: str | None, tiny: bool,
+                 server: bool) -> dict[str, Any]:  # fmt: skip
+    """The models the demo asked for; tiny local ones where the hub's defaults cannot be had."""
+    from .embedding import DEFAULT_EMBEDDER
+    from .errors import ModelNotAvailable
+    from .llm import DEFAULT_CHAT_MODEL
+    from .models import resolve
+    from .tiny_models import write_chat_model, write_embedding_model
+
+    wanted = {"embedder": embedder, "manager": manager, "answerer": answerer}
+    defaults = {"embedder": DEFAULT_EMBEDDER, "manager": DEFAULT_CHAT_MODEL, "answerer": DEFAULT_CHAT_MODEL}
+    out: dict[str, Any] = {}
+    for role, ref in wanted.items():
+        if server and role != "embedder":
+            out[role] = ref
+            continue
+        if ref is None and not tiny:
+            try:
+                resolve(defaults[role])
+                ref = defaults[role]
+            except ModelNotAvailable as e:
+                click.secho(f"! {role}: {e}", fg="yellow", err=True)
+        if ref is None:
+            click.secho(f"! {role}: using a tiny random-weight model built locally: the pipeline is real, "
+                        "the answers are nonsense. Pass --manager/--answerer/--embedder for real models.",
+                        fg="yellow", err=True)  # fmt: skip
+            writer = write_embedding_model if role == "embedder" else write_chat_model
+            ref = str(writer(tmp / f"tiny-{role}.gguf"))
+        out[role] = ref
+    return out

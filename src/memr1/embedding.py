@@ -45,9 +45,12 @@ def _close_models() -> None:
         _loaded.clear()
 
 
-def shared_llama(path: Path, **kwargs: Any) -> tuple[Any, threading.Lock]:
-    """One Llama per (file, settings) per process, with its own lock: contexts are not thread-safe."""
-    key = (str(path.resolve()), tuple(sorted(kwargs.items())))
+def shared_llama(path: Path, *, slot: str = "", **kwargs: Any) -> tuple[Any, threading.Lock]:
+    """One Llama per (file, settings, slot) per process, with its own lock: contexts are not thread-safe.
+
+    Agents pass different slots so each keeps its own KV cache (and system-prompt prefix).
+    """
+    key = (str(path.resolve()), slot, tuple(sorted(kwargs.items())))
     with _loaded_lock:
         if key not in _loaded:
             try:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,13 +14,17 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from . import retrieval
+from . import prompts, retrieval
 from .embedding import DEFAULT_EMBEDDER, Embedder, LlamaEmbedder
 from .errors import InvalidInput
+from .llm import LLM, Completion, as_llm, parse_with
 from .schema import (
+    Answer,
     HistoryEntry,
     Hit,
     MemoryItem,
+    Operation,
+    Turn,
     check_id,
     check_metadata,
     check_text,
@@ -42,8 +49,21 @@ class Memory:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, embedder: str | os.PathLike[str] | Embedder | None = None,
+                 manager: LLM | str | os.PathLike[str] | None = None, answerer: LLM | str | os.PathLike[str] | None = None,
+                 base_url: str | None = None, related_k: int = 10,
                  busy_timeout: float = DEFAULT_BUSY_TIMEOUT_MS / 1000) -> None:  # fmt: skip
+        """Open (or create) a bank. Models are GGUF paths or `owner/repo/file.gguf` hub references,
+        resolved and loaded on first use; with `base_url`, manager/answerer name models on an
+        OpenAI-compatible server instead."""
         self.store = Store(path, busy_timeout_ms=int(busy_timeout * 1000))
+        self._manager_spec = manager or os.environ.get("MEMR1_MANAGER") or None
+        self._answerer_spec = answerer or os.environ.get("MEMR1_ANSWERER") or None
+        self._base_url = base_url or os.environ.get("MEMR1_BASE_URL") or None
+        self._manager: LLM | None = None
+        self._answerer: LLM | None = None
+        self.related_k = related_k
+        self.usage = {"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "llm_seconds": 0.0}
+        self._usage_lock = threading.Lock()
         self._index: retrieval.VectorIndex | None = None
         recorded = self.store.meta().get("embedder_ref") or None
         if isinstance(embedder, Embedder):
@@ -197,7 +217,124 @@ class Memory:
             **self.sqlite_info(),
         }
 
-    # ---- the agents: observe() and ask() arrive with the Memory Manager and Answer Agent ----
+    # ---- the agents ----
+
+    @property
+    def manager(self) -> LLM:
+        if self._manager is None:
+            self._manager = as_llm(self._manager_spec, slot="manager", base_url=self._base_url)
+        return self._manager
+
+    @property
+    def answerer(self) -> LLM:
+        if self._answerer is None:
+            self._answerer = as_llm(self._answerer_spec, slot="answerer", base_url=self._base_url)
+        return self._answerer
+
+    def _count(self, completion: Completion) -> None:
+        with self._usage_lock:
+            self.usage["llm_calls"] += completion.attempts
+            self.usage["prompt_tokens"] += completion.prompt_tokens
+            self.usage["completion_tokens"] += completion.completion_tokens
+            self.usage["llm_seconds"] += completion.seconds
+
+    def observe(self, turn: Turn | str | list[Turn], *, speaker: str | None = None, at: datetime | str | None = None,
+                session: str | None = None, user: str = DEFAULT_USER,
+                metadata: dict[str, Any] | None = None) -> list[Operation]:  # fmt: skip
+        """Memory Manager: store the raw turn and apply the ADD/UPDATE/DELETE it implies, all in one transaction.
+
+        One constrained LLM call per turn. Related memories are shown under small ids; ops naming
+        any other id are dropped and logged. If the model's output stays unusable after retries,
+        ModelOutputError is raised and nothing is written, not even the turn.
+        """
+        if isinstance(turn, list):
+            return [op for t in turn for op in self.observe(t)]
+        if isinstance(turn, str):
+            turn = _make_turn(text=turn, speaker=speaker, at=at, session=session, user=user, metadata=metadata)
+        elif not isinstance(turn, Turn):
+            raise InvalidInput(f"turn must be a Turn, a str or a list of Turn, got {type(turn).__name__}")
+        text, user = check_text(turn.text, "turn text"), check_user(turn.user)
+        related = self.search(text, self.related_k, user=user)
+        db_ids = [h.memory.id for h in related]
+        shown = prompts.shown_memories([(h.memory.id, h.memory.text, h.memory.at) for h in related])
+        messages = prompts.manager_messages(
+            text, speaker=turn.speaker, at=turn.at, session=turn.session, memories=shown
+        )
+        completion = self.manager.complete(messages, prompts.MANAGER_SCHEMA,
+                                           parse=parse_with(prompts.parse_manager, shown, db_ids), max_tokens=768)  # fmt: skip
+        self._count(completion)
+        plan: prompts.ManagerPlan = completion.value
+        previous = {h.memory.id: h.memory.text for h in related}
+        new_texts = [op.text for op in plan.ops if op.event in ("ADD", "UPDATE")]
+        vectors = iter(self._embed(new_texts)) if new_texts else iter(())
+        moment = timestamp(turn.at or utcnow())
+        changes = [
+            Change(
+                op.event,
+                user,
+                memory_id=op.memory_id,
+                text=op.text or None,
+                at=turn.at,
+                at_ts=moment,
+                vector=next(vectors).tobytes() if op.event in ("ADD", "UPDATE") else None,
+            )  # fmt: skip
+            for op in plan.ops
+        ]
+        row = {"user": user, "text": text, "speaker": turn.speaker, "session": turn.session, "at": turn.at,
+               "metadata": turn.metadata}  # fmt: skip
+        items = self.store.apply(changes, actor="manager", turn=row)
+        return [
+            Operation(
+                kind=op.event,
+                memory_id=item.id if item else op.memory_id,  # type: ignore[arg-type]
+                text=item.text if item else None,
+                previous=previous.get(op.memory_id),
+            )  # fmt: skip
+            for op, item in zip(plan.ops, items, strict=True)
+        ]
+
+    def observe_many(self, turns: Iterable[Turn | dict[str, Any]], *, user: str = DEFAULT_USER,
+                     progress: bool = True) -> list[Operation]:  # fmt: skip
+        """Observe turns in order, with a progress bar; dicts take Turn's fields (user defaults to `user`)."""
+        from tqdm.auto import tqdm
+
+        turns = list(turns)
+        ops: list[Operation] = []
+        for turn in tqdm(turns, desc="observe", unit="turn", disable=not progress):
+            if isinstance(turn, dict):
+                turn = _make_turn(**{"user": user, **turn})
+            ops += self.observe(turn)
+        return ops
+
+    ingest = observe_many
+
+    def ask(self, question: str, *, user: str = DEFAULT_USER, k: int = 60, now: datetime | str | None = None) -> Answer:
+        """Answer Agent: retrieve up to k memories, distil the ones that matter, answer briefly."""
+        question, user = check_text(question, "question"), check_user(user)
+        start = time.perf_counter()
+        hits = self.search(question, k, user=user)
+        if not hits:  # nothing to distil: say so instead of letting the model invent
+            return Answer(text=prompts.UNKNOWN_ANSWER, seconds=time.perf_counter() - start)
+        db_ids = [h.memory.id for h in hits]
+        shown = prompts.shown_memories([(h.memory.id, h.memory.text, h.memory.at) for h in hits])
+        messages = prompts.answer_messages(question, memories=shown, now=parse_time(now, "now"))
+        completion = self.answerer.complete(messages, prompts.ANSWER_SCHEMA,
+                                            parse=parse_with(prompts.parse_answer, shown, db_ids), max_tokens=256)  # fmt: skip
+        self._count(completion)
+        text, selected = completion.value
+        by_id = {h.memory.id: h.memory for h in hits}
+        return Answer(text=text, selected=[by_id[i] for i in selected], retrieved=len(hits),
+                      prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
+                      llm_calls=completion.attempts, seconds=time.perf_counter() - start)  # fmt: skip
+
+
+def _make_turn(**fields: Any) -> Turn:
+    fields["at"] = parse_time(fields.get("at"))
+    fields["metadata"] = check_metadata(fields.get("metadata"))
+    try:
+        return Turn(**fields)
+    except ValidationError as e:
+        raise InvalidInput(f"bad turn: {_first_error(e)}") from None
 
 
 def _check_filters(filters: object) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from .errors import ModelNotAvailable
 
 _PIN = re.compile(r"^(?P<ref>.+?)@sha256:(?P<digest>[0-9a-fA-F]{64})$")
 _verified: dict[tuple[str, int, int], str] = {}
+_HUB_RETRY_AFTER_S = 60.0
+_hub_failed_at: float | None = None  # after a network failure, don't make every model wait out the retries
 _verified_lock = threading.Lock()
 
 
@@ -69,9 +72,14 @@ def _from_hub(ref: ModelRef) -> Path:
         return Path(hf_hub_download(ref.repo_id, ref.filename, local_files_only=True))
     except Exception:
         pass
+    global _hub_failed_at
+    if _hub_failed_at is not None and time.monotonic() - _hub_failed_at < _HUB_RETRY_AFTER_S:
+        raise ModelNotAvailable(f"model {ref.label!r} is not in the Hugging Face cache and the hub was unreachable "
+                                f"moments ago; pass a local .gguf path or retry later")  # fmt: skip
     try:
         return Path(hf_hub_download(ref.repo_id, ref.filename))
     except Exception as e:
+        _hub_failed_at = time.monotonic()
         raise ModelNotAvailable(
             f"model {ref.label!r} is not in the Hugging Face cache and could not be downloaded "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "

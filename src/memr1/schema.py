@@ -58,6 +58,20 @@ class Operation(_Model):
     previous: str | None = None
 
 
+class Answer(_Model):
+    text: str
+    selected: list[MemoryItem] = Field(default_factory=list)  # the memories the agent distilled
+    retrieved: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    llm_calls: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
 class Turn(_Model):
     text: str
     speaker: str | None = None

@@ -317,9 +317,18 @@ class Store:
 
     # ---- writes ----
 
-    def apply(self, changes: Sequence[Change], *, actor: str, turn_id: int | None = None) -> list[MemoryItem | None]:
-        """Apply changes in one transaction; returns the resulting item (None for DELETE)."""
+    def apply(
+        self, changes: Sequence[Change], *, actor: str, turn: dict[str, Any] | None = None
+    ) -> list[MemoryItem | None]:
+        """Apply changes in one transaction; returns the resulting item (None for DELETE).
+
+        With `turn`, the raw turn is stored in the same transaction and every change cites it.
+        """
         with self.write() as conn:
+            turn_id = self.add_turn(conn, **turn) if turn is not None else None
+            if turn_id is not None:
+                for change in changes:
+                    change.source_turns = [*change.source_turns, turn_id]
             return [self._apply_one(conn, change, actor, turn_id) for change in changes]
 
     def _apply_one(self, conn: Any, change: Change, actor: str, turn_id: int | None) -> MemoryItem | None:

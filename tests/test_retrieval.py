@@ -12,6 +12,8 @@ import pytest
 from memr1 import Memory
 from memr1.retrieval import VectorIndex, fts_query, fuse
 
+from .conftest import MINILM, needs_minilm
+
 
 def test_fts_query_quotes_every_word() -> None:
     assert fts_query('What "pets" does Andrew* have? NEAR(x y) OR -z') == (
@@ -81,3 +83,15 @@ def test_vector_scores_are_exact_cosines(mem: Memory) -> None:
     item = mem.add("a very particular sentence")
     hit = mem.search("a very particular sentence", mode="vector")[0]
     assert hit.memory.id == item.id and hit.vector_score == pytest.approx(1.0, abs=2e-3)
+
+
+@needs_minilm
+def test_real_embedder_finds_the_semantic_match(tmp_path: Path) -> None:
+    with Memory(tmp_path / "real.db", embedder=MINILM) as mem:
+        for text in ["Caroline went to an LGBTQ support group.", "Melanie painted a sunrise last year.",
+                     "Andrew adopted a dog named Buddy.", "Jon lost his job as a banker."]:  # fmt: skip
+            mem.add(text, user="u")
+        assert mem.search("What pets does Andrew have?", k=4, user="u", mode="vector")[0].memory.text.startswith(
+            "Andrew"
+        )
+        assert mem.search("Who is unemployed?", k=4, user="u", mode="vector")[0].memory.text.startswith("Jon")

@@ -12,6 +12,7 @@ from .errors import (
     MemR1Error,
     ModelNotAvailable,
     ModelOutputError,
+    PromptTooLong,
 )
 from .memory import Memory
 from .schema import Answer, HistoryEntry, Hit, MemoryItem, Operation, Turn
@@ -35,6 +36,7 @@ __all__ = [
     "ModelNotAvailable",
     "ModelOutputError",
     "Operation",
+    "PromptTooLong",
     "Turn",
     "prompts",
 ]

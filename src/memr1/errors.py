@@ -40,3 +40,11 @@ class ModelNotAvailable(MemR1Error):
 
 class ModelOutputError(MemR1Error):
     """A model kept producing output that does not fit the schema."""
+
+
+class PromptTooLong(ModelOutputError):
+    """The prompt does not fit the model's context; callers may retry with fewer memories."""
+
+    def __init__(self, message: str, *, tokens: int, limit: int) -> None:
+        super().__init__(message)
+        self.tokens, self.limit = tokens, limit

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .embedding import header, shared_llama
-from .errors import ModelNotAvailable, ModelOutputError
+from .errors import ModelNotAvailable, ModelOutputError, PromptTooLong
 from .models import resolve
 from .prompts import OutputRejected, parse_json
 
@@ -96,6 +96,8 @@ class LlamaCpp:
             slot,
         )
         self._path: Path | None = None
+        self._compiled: Any = None
+        self._grammars: dict[str, Any] = {}
 
     @property
     def path(self) -> Path:
@@ -115,13 +117,25 @@ class LlamaCpp:
         return shared_llama(self.path, slot=self.slot, n_ctx=self.context_length(), n_threads=self.n_threads,
                             n_gpu_layers=self.n_gpu_layers, seed=self.seed)  # fmt: skip
 
+    def _template(self, llm: Any) -> Any:
+        if self._compiled is None:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            self._compiled = env.from_string(llm.metadata.get("tokenizer.chat_template") or _CHATML)
+        return self._compiled
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        from llama_cpp import LlamaGrammar
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:  # converting a schema to GBNF and parsing it costs milliseconds
+            self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
+        return self._grammars[key]
+
     def tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Render the chat template around placeholders; tokenize markup with specials, content without."""
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
         llm, _ = self._llama()
-        template = llm.metadata.get("tokenizer.chat_template") or _CHATML
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
 
         def fail(message: str) -> None:
             raise ModelNotAvailable(f"chat template of {self.ref!r}: {message}")
@@ -130,7 +144,7 @@ class LlamaCpp:
         bos = vocab_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
         eos = vocab_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
         slots = [{"role": m["role"], "content": _SLOT.format(i)} for i, m in enumerate(messages)]
-        rendered = env.from_string(template).render(
+        rendered = self._template(llm).render(
             messages=slots, add_generation_prompt=True, bos_token=bos, eos_token=eos, raise_exception=fail
         )
         out: list[int] = []
@@ -144,14 +158,14 @@ class LlamaCpp:
 
     def complete(self, messages: Sequence[dict[str, str]], schema: dict[str, Any], *, parse: Callable[[Any], T],
                  max_tokens: int = 512) -> Completion:  # fmt: skip
-        from llama_cpp import LlamaGrammar
-
+        started = time.perf_counter()
         llm, lock = self._llama()
-        grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        grammar = self._grammar(schema)
         prompt = self.tokens(messages)
         budget = llm.n_ctx() - len(prompt)
-        if budget < 16:
-            raise ModelOutputError(f"prompt of {len(prompt)} tokens leaves no room in a {llm.n_ctx()}-token context")
+        if budget < min(max_tokens, 256):
+            raise PromptTooLong(f"prompt of {len(prompt)} tokens leaves too little room in a {llm.n_ctx()}-token context",
+                                tokens=len(prompt) + min(max_tokens, 256), limit=llm.n_ctx())  # fmt: skip
 
         def attempt(i: int) -> tuple[str, int, int]:
             with lock:
@@ -164,7 +178,9 @@ class LlamaCpp:
             usage = out["usage"]
             return out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"]
 
-        return _attempts(f"{Path(self.ref).name}", self.retries, attempt, parse)
+        done = _attempts(f"{Path(self.ref).name}", self.retries, attempt, parse)
+        done.seconds = time.perf_counter() - started  # tokenizing the prompt is model work too
+        return done
 
 
 class OpenAICompatible:

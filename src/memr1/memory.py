@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 
 from . import prompts, retrieval
 from .embedding import DEFAULT_EMBEDDER, Embedder, LlamaEmbedder
-from .errors import InvalidInput
+from .errors import InvalidInput, PromptTooLong
 from .llm import LLM, Completion, as_llm, parse_with
 from .schema import (
     Answer,
@@ -35,6 +36,7 @@ from .schema import (
 )
 from .store import DEFAULT_BUSY_TIMEOUT_MS, Change, Store
 
+log = logging.getLogger("memr1")
 DEFAULT_USER = "default"
 EXPORT_VERSION = 1
 
@@ -315,17 +317,34 @@ class Memory:
         hits = self.search(question, k, user=user)
         if not hits:  # nothing to distil: say so instead of letting the model invent
             return Answer(text=prompts.UNKNOWN_ANSWER, seconds=time.perf_counter() - start)
-        db_ids = [h.memory.id for h in hits]
-        shown = prompts.shown_memories([(h.memory.id, h.memory.text, h.memory.at) for h in hits])
-        messages = prompts.answer_messages(question, memories=shown, now=parse_time(now, "now"))
-        completion = self.answerer.complete(messages, prompts.ANSWER_SCHEMA,
-                                            parse=parse_with(prompts.parse_answer, shown, db_ids), max_tokens=256)  # fmt: skip
+        asked_on = parse_time(now, "now")
+
+        def call(kept: list[Hit]) -> Completion:
+            shown = prompts.shown_memories([(h.memory.id, h.memory.text, h.memory.at) for h in kept])
+            messages = prompts.answer_messages(question, memories=shown, now=asked_on)
+            return self.answerer.complete(messages, prompts.ANSWER_SCHEMA, max_tokens=256,
+                                          parse=parse_with(prompts.parse_answer, shown, [h.memory.id for h in kept]))  # fmt: skip
+
+        completion, _ = _fitted(call, hits)
         self._count(completion)
         text, selected = completion.value
         by_id = {h.memory.id: h.memory for h in hits}
         return Answer(text=text, selected=[by_id[i] for i in selected], retrieved=len(hits),
                       prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
                       llm_calls=completion.attempts, seconds=time.perf_counter() - start)  # fmt: skip
+
+
+def _fitted(call: Callable[[list[Hit]], Completion], hits: list[Hit]) -> tuple[Completion, list[Hit]]:
+    """Call with as many of the best-ranked hits as the model's context holds."""
+    while True:
+        try:
+            return call(hits), hits
+        except PromptTooLong as e:
+            if not hits:
+                raise
+            keep = min(len(hits) - 1, int(len(hits) * e.limit / e.tokens))
+            log.info("prompt of %d tokens exceeds %d: keeping %d of %d memories", e.tokens, e.limit, keep, len(hits))
+            hits = hits[: max(keep, 0)]
 
 
 def _make_turn(**fields: Any) -> Turn:

@@ -141,8 +141,19 @@ def _date(moment: datetime | None) -> str | None:
 
 
 def _data(label: str, payload: Any) -> str:
-    """Quote data as JSON between markers; json.dumps escapes quotes, newlines and control characters."""
-    return f"<<<{label}\n{json.dumps(payload, ensure_ascii=False, indent=1)}\n{label}>>>"
+    """Quote data as JSON between markers; json.dumps escapes quotes, newlines and control characters.
+
+    Lists go one item per line: compact for the token budget, still easy for a model to scan.
+    """
+    if isinstance(payload, list):
+        body = "[\n" + ",\n".join(json.dumps(item, ensure_ascii=False) for item in payload) + "\n]"
+    else:
+        body = json.dumps(payload, ensure_ascii=False)
+    return f"<<<{label}\n{body}\n{label}>>>"
+
+
+def _memory(m: Shown) -> dict[str, Any]:
+    return {"id": m.id, "date": m.at.strftime("%Y-%m-%d"), "text": m.text} if m.at else {"id": m.id, "text": m.text}
 
 
 def shown_memories(items: Sequence[tuple[int, str, datetime | None]]) -> list[Shown]:
@@ -154,17 +165,15 @@ def manager_messages(
     turn_text: str, *, speaker: str | None, at: datetime | None, session: str | None, memories: Sequence[Shown]
 ) -> list[dict[str, str]]:
     turn = {"speaker": speaker, "date": _date(at), "session": session, "text": turn_text}
-    shown = [{"id": m.id, "date": _date(m.at), "text": m.text} for m in memories]
-    user = f"{_data('MEMORIES', shown)}\n\n{_data('TURN', turn)}\n\nDecide the operations."
+    user = f"{_data('MEMORIES', [_memory(m) for m in memories])}\n\n{_data('TURN', turn)}\n\nDecide the operations."
     return [{"role": "system", "content": MANAGER_SYSTEM}, {"role": "user", "content": user}]
 
 
 def answer_messages(question: str, *, memories: Sequence[Shown], now: datetime | None = None) -> list[dict[str, str]]:
-    shown = [{"id": m.id, "date": _date(m.at), "text": m.text} for m in memories]
     ask: dict[str, Any] = {"question": question}
     if now is not None:
         ask["asked_on"] = _date(now)
-    user = f"{_data('MEMORIES', shown)}\n\n{_data('QUESTION', ask)}\n\nSelect the memories, then answer."
+    user = f"{_data('MEMORIES', [_memory(m) for m in memories])}\n\n{_data('QUESTION', ask)}\n\nSelect the memories, then answer."
     return [{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": user}]
 
 

@@ -366,8 +366,6 @@ def _check_filters(filters: object) -> dict[str, Any] | None:
 
 def _read_export(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Parse and validate a whole export before anything is written."""
-    from .schema import HistoryEntry as H
-
     try:
         lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 may sit inside a JSON string
     except (OSError, UnicodeDecodeError) as e:
@@ -391,7 +389,7 @@ def _read_export(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
                 check_text(item.text), check_user(item.user), check_metadata(item.metadata)
                 memories.append(_memory_row(item))
             elif kind == "history":
-                entry = H(id=0, **row)
+                entry = HistoryEntry(id=0, **row)
                 history.append(entry.model_dump(mode="json"))
             elif kind == "turn":
                 check_text(row.get("text"), "turn text"), check_user(row.get("user"))

@@ -91,3 +91,16 @@ def test_context_comes_from_the_model_not_512(tiny_chat: Path) -> None:
     assert llm.context_length() == 4096
     assert llm._llama()[0].n_ctx() == 4096
     assert LlamaCpp(tiny_chat, max_ctx=2048).context_length() == 2048
+
+
+def test_both_agents_fit_their_prompt_to_a_small_context(tmp_path: Path, tiny_chat: Path, tiny_embedder: Path) -> None:
+    """Memories that overflow the context are dropped lowest-ranked first instead of failing the call."""
+    small = {"max_ctx": 2048, "retries": 0}
+    with Memory(tmp_path / "b.db", embedder=tiny_embedder, manager=LlamaCpp(tiny_chat, slot="fit-m", **small),
+                answerer=LlamaCpp(tiny_chat, slot="fit-a", **small)) as mem:  # fmt: skip
+        for i in range(10):
+            mem.add(f"long memory {i}: " + "the dog went to the park again and again. " * 12, user="u")
+        mem.observe("the dog went to the park", user="u")  # 10 related memories: ~5,000 byte tokens
+        answer = mem.ask("Where did the dog go?", user="u")
+        assert answer.llm_calls == 1 and answer.retrieved >= 10
+        assert mem.usage["llm_calls"] == 2

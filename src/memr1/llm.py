@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from .embedding import header, shared_llama
 from .errors import ModelNotAvailable, ModelOutputError, PromptTooLong
 from .models import resolve
-from .prompts import OutputRejected, parse_json
+from .prompts import OutputRejected
 
 log = logging.getLogger("memr1.llm")
 T = TypeVar("T")
@@ -56,7 +56,7 @@ class LLM(Protocol):
     ) -> Completion: ...  # fmt: skip
 
 
-def _attempts(name: str, retries: int, attempt: Callable[[int], tuple[str, int, int]],
+def retry_until_parsed(name: str, retries: int, attempt: Callable[[int], tuple[str, int, int]],
               parse: Callable[[Any], Any]) -> Completion:  # fmt: skip
     """Run `attempt(i)` until `parse` accepts its text; sum tokens and time over all tries."""
     start, prompt, completion, reasons = time.perf_counter(), 0, 0, []
@@ -178,7 +178,7 @@ class LlamaCpp:
             usage = out["usage"]
             return out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"]
 
-        done = _attempts(f"{Path(self.ref).name}", self.retries, attempt, parse)
+        done = retry_until_parsed(f"{Path(self.ref).name}", self.retries, attempt, parse)
         done.seconds = time.perf_counter() - started  # tokenizing the prompt is model work too
         return done
 
@@ -233,7 +233,7 @@ class OpenAICompatible:
                 return text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
             raise ModelNotAvailable(f"{self.base_url} accepts neither json_schema nor json_object response formats")
 
-        return _attempts(f"{self.base_url} ({self.model})", self.retries, attempt, parse)
+        return retry_until_parsed(f"{self.base_url} ({self.model})", self.retries, attempt, parse)
 
 
 def as_llm(spec: LLM | str | os.PathLike[str] | None, *, slot: str, base_url: str | None = None) -> LLM:
@@ -243,8 +243,3 @@ def as_llm(spec: LLM | str | os.PathLike[str] | None, *, slot: str, base_url: st
     if base_url:
         return OpenAICompatible(base_url, os.fspath(spec) if spec else "default")
     return LlamaCpp(spec if spec is not None else DEFAULT_CHAT_MODEL, slot=slot)
-
-
-def parse_with(parser: Callable[..., T], *args: Any) -> Callable[[Any], T]:
-    """Adapt a prompts.parse_* function (raw, *context) to the one-argument form `complete` expects."""
-    return lambda raw: parser(raw if not isinstance(raw, str) else parse_json(raw), *args)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from . import prompts, retrieval
 from .embedding import DEFAULT_EMBEDDER, Embedder, LlamaEmbedder
 from .errors import InvalidInput, PromptTooLong
-from .llm import LLM, Completion, as_llm, parse_with
+from .llm import LLM, Completion, as_llm
 from .schema import (
     Answer,
     HistoryEntry,
@@ -233,6 +233,27 @@ class Memory:
             self._answerer = as_llm(self._answerer_spec, slot="answerer", base_url=self._base_url)
         return self._answerer
 
+    def _consult(self, llm: LLM, hits: list[Hit], schema: dict[str, Any], parser: Callable[..., Any], *,
+                 build: Callable[[list[prompts.Shown]], list[dict[str, str]]], max_tokens: int) -> Completion:  # fmt: skip
+        """One constrained call about `hits`, shown under small ids: as many of the best-ranked as the context holds."""
+        while True:
+            shown = prompts.shown_memories([(h.memory.id, h.memory.text, h.memory.at) for h in hits])
+            ids = [h.memory.id for h in hits]
+            try:
+                completion = llm.complete(build(shown), schema, max_tokens=max_tokens,
+                                          parse=lambda raw, shown=shown, ids=ids: parser(raw, shown, ids))  # fmt: skip
+            except PromptTooLong as e:
+                if not hits:
+                    raise
+                keep = max(min(len(hits) - 1, int(len(hits) * e.limit / e.tokens)), 0)
+                log.info(
+                    "prompt of %d tokens exceeds %d: keeping %d of %d memories", e.tokens, e.limit, keep, len(hits)
+                )
+                hits = hits[:keep]
+                continue
+            self._count(completion)
+            return completion
+
     def _count(self, completion: Completion) -> None:
         with self._usage_lock:
             self.usage["llm_calls"] += completion.attempts
@@ -257,14 +278,11 @@ class Memory:
             raise InvalidInput(f"turn must be a Turn, a str or a list of Turn, got {type(turn).__name__}")
         text, user = check_text(turn.text, "turn text"), check_user(turn.user)
         related = self.search(text, self.related_k, user=user)
-        db_ids = [h.memory.id for h in related]
-        shown = prompts.shown_memories([(h.memory.id, h.memory.text, h.memory.at) for h in related])
-        messages = prompts.manager_messages(
-            text, speaker=turn.speaker, at=turn.at, session=turn.session, memories=shown
-        )
-        completion = self.manager.complete(messages, prompts.MANAGER_SCHEMA,
-                                           parse=parse_with(prompts.parse_manager, shown, db_ids), max_tokens=768)  # fmt: skip
-        self._count(completion)
+        completion = self._consult(
+            self.manager, related, prompts.MANAGER_SCHEMA, prompts.parse_manager, max_tokens=768,
+            build=lambda shown: prompts.manager_messages(text, speaker=turn.speaker, at=turn.at,
+                                                         session=turn.session, memories=shown),
+        )  # fmt: skip
         plan: prompts.ManagerPlan = completion.value
         previous = {h.memory.id: h.memory.text for h in related}
         new_texts = [op.text for op in plan.ops if op.event in ("ADD", "UPDATE")]
@@ -318,33 +336,15 @@ class Memory:
         if not hits:  # nothing to distil: say so instead of letting the model invent
             return Answer(text=prompts.UNKNOWN_ANSWER, seconds=time.perf_counter() - start)
         asked_on = parse_time(now, "now")
-
-        def call(kept: list[Hit]) -> Completion:
-            shown = prompts.shown_memories([(h.memory.id, h.memory.text, h.memory.at) for h in kept])
-            messages = prompts.answer_messages(question, memories=shown, now=asked_on)
-            return self.answerer.complete(messages, prompts.ANSWER_SCHEMA, max_tokens=256,
-                                          parse=parse_with(prompts.parse_answer, shown, [h.memory.id for h in kept]))  # fmt: skip
-
-        completion, _ = _fitted(call, hits)
-        self._count(completion)
+        completion = self._consult(
+            self.answerer, hits, prompts.ANSWER_SCHEMA, prompts.parse_answer, max_tokens=256,
+            build=lambda shown: prompts.answer_messages(question, memories=shown, now=asked_on),
+        )  # fmt: skip
         text, selected = completion.value
         by_id = {h.memory.id: h.memory for h in hits}
         return Answer(text=text, selected=[by_id[i] for i in selected], retrieved=len(hits),
                       prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
                       llm_calls=completion.attempts, seconds=time.perf_counter() - start)  # fmt: skip
-
-
-def _fitted(call: Callable[[list[Hit]], Completion], hits: list[Hit]) -> tuple[Completion, list[Hit]]:
-    """Call with as many of the best-ranked hits as the model's context holds."""
-    while True:
-        try:
-            return call(hits), hits
-        except PromptTooLong as e:
-            if not hits:
-                raise
-            keep = min(len(hits) - 1, int(len(hits) * e.limit / e.tokens))
-            log.info("prompt of %d tokens exceeds %d: keeping %d of %d memories", e.tokens, e.limit, keep, len(hits))
-            hits = hits[: max(keep, 0)]
 
 
 def _make_turn(**fields: Any) -> Turn:

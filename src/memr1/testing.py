@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .llm import Completion, _attempts
+from .llm import Completion, retry_until_parsed
 
 
 class ScriptedLLM:
@@ -32,4 +32,4 @@ class ScriptedLLM:
             text = self._next(messages)
             return text, sum(len(m["content"]) for m in messages), len(text)
 
-        return _attempts("scripted", self.retries, attempt, parse)
+        return retry_until_parsed("scripted", self.retries, attempt, parse)

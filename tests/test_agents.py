@@ -169,6 +169,25 @@ def test_ask_distils_and_answers(agent_bank) -> None:
     assert ans.retrieved == 2 and ans.llm_calls == 1 and ans.prompt_tokens > 0 and ans.tokens > ans.prompt_tokens
 
 
+def test_ask_without_distillation_answers_from_every_retrieved_memory(agent_bank) -> None:
+    mem = agent_bank(
+        [{"operations": [{"event": "ADD", "id": -1, "text": t}]} for t in ("Andrew has a dog.", "Andrew is a nurse.")]
+    )
+    mem.observe("I have a dog", user="andrew")
+    mem.observe("I am a nurse", user="andrew")
+    seen = []
+
+    def answer(messages):
+        seen.append(messages)
+        return {"answer": "a nurse"}  # the distilling schema would reject this: no "selected"
+
+    mem._answerer = ScriptedLLM(answer)
+    ans = mem.ask("What is Andrew's job?", user="andrew", distill=False)
+    assert ans.text == "a nurse" and len(ans.selected) == ans.retrieved == 2
+    user = seen[0][-1]["content"]
+    assert "<<<CONTEXT\n" in user and "<<<MEMORIES" not in user and "Select" not in seen[0][0]["content"]
+
+
 def test_ask_with_no_memories_says_it_does_not_know(agent_bank) -> None:
     mem = agent_bank([])
     ans = mem.ask("What is my name?", user="nobody")

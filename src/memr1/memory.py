@@ -328,17 +328,25 @@ class Memory:
 
     ingest = observe_many
 
-    def ask(self, question: str, *, user: str = DEFAULT_USER, k: int = 60, now: datetime | str | None = None) -> Answer:
-        """Answer Agent: retrieve up to k memories, distil the ones that matter, answer briefly."""
+    def ask(self, question: str, *, user: str = DEFAULT_USER, k: int = 60, now: datetime | str | None = None,
+            distill: bool = True) -> Answer:  # fmt: skip
+        """Answer Agent: retrieve up to k memories, distil the ones that matter, answer briefly.
+
+        `distill=False` is the paper's ablation: the model answers from all k memories without selecting.
+        """
         question, user = check_text(question, "question"), check_user(user)
         start = time.perf_counter()
         hits = self.search(question, k, user=user)
         if not hits:  # nothing to distil: say so instead of letting the model invent
             return Answer(text=prompts.UNKNOWN_ANSWER, seconds=time.perf_counter() - start)
         asked_on = parse_time(now, "now")
+        schema, parser = (
+            (prompts.ANSWER_SCHEMA, prompts.parse_answer) if distill
+            else (prompts.DIRECT_ANSWER_SCHEMA, prompts.parse_direct_answer)
+        )  # fmt: skip
         completion = self._consult(
-            self.answerer, hits, prompts.ANSWER_SCHEMA, prompts.parse_answer, max_tokens=256,
-            build=lambda shown: prompts.answer_messages(question, memories=shown, now=asked_on),
+            self.answerer, hits, schema, parser, max_tokens=256,
+            build=lambda shown: prompts.answer_messages(question, memories=shown, now=asked_on, distill=distill),
         )  # fmt: skip
         text, selected = completion.value
         by_id = {h.memory.id: h.memory for h in hits}

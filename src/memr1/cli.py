@@ -337,3 +337,34 @@ def _demo_models(tmp: Path, *, embedder: str | None, manager: str | None, answer
             ref = str(writer(tmp / f"tiny-{role}.gguf"))
         out[role] = ref
     return out
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks. They live in the source tree's benchmarks/ (not in the wheel): run from a clone."""
+
+
+def _benchmark(module: str) -> Callable[..., Any]:
+    """A pass-through command: the benchmark's own argparse parses (and documents, with -h) the options."""
+
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args: tuple[str, ...]) -> None:
+        import importlib
+        import sys
+
+        if (Path.cwd() / "benchmarks").is_dir() and str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))  # a console script's sys.path starts at its bin/, not here
+        try:
+            main = importlib.import_module(f"benchmarks.{module}").main
+        except ImportError as e:
+            raise click.ClickException(f"benchmarks.{module} is not importable ({e}): run from a memr1 clone") from None
+        sys.exit(main(list(args)))
+
+    command.__doc__ = f"python -m benchmarks.{module}, with the same options (-h lists them)."
+    return command
+
+
+for _name, _module in (("locomo", "locomo"), ("locomo-retrieval", "locomo_retrieval")):
+    bench.command(name=_name, context_settings={"ignore_unknown_options": True, "help_option_names": []})(
+        _benchmark(_module)
+    )

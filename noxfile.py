@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import nox
 
 nox.options.sessions = ["lint", "tests"]
@@ -20,8 +22,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Check style and obvious bugs with ruff."""
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "finetune", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "finetune", "noxfile.py")
 
 
 @nox.session
@@ -29,3 +31,38 @@ def bench(session: nox.Session) -> None:
     """Run the retrieval speed benchmark (pass options after --)."""
     session.install(*CONSTRAINTS, "-e", ".")
     session.run("python", "-m", "benchmarks.retrieval_speed", *session.posargs)
+
+
+def install_finetune(session: nox.Session) -> None:
+    """torch first, so that pip takes the wheel this machine has instead of resolving the CUDA build and its GBs."""
+    session.install(*CONSTRAINTS, "torch==2.13.0")
+    gpu = ",finetune-gpu" if shutil.which("nvidia-smi") else ""  # Unsloth needs CUDA to install and import
+    session.install(*CONSTRAINTS, "-e", f".[finetune{gpu}]")
+
+
+@nox.session
+def finetune_data(session: nox.Session) -> None:
+    """Build both agents' training examples from LoCoMo (options after --, e.g. -- --out runs/ft-data)."""
+    session.install(*CONSTRAINTS, "-e", ".")
+    session.run("python", "-m", "finetune.data", *session.posargs)
+
+
+@nox.session
+def finetune_answer(session: nox.Session) -> None:
+    """GRPO-train the Answer Agent (heavy; options after --, e.g. -- --data runs/ft-data --out runs/ft-answer)."""
+    install_finetune(session)
+    session.run("python", "-m", "finetune.train", "answer", *session.posargs)
+
+
+@nox.session
+def finetune_manager(session: nox.Session) -> None:
+    """GRPO-train the Memory Manager (heavy; options after --, e.g. -- --data runs/ft-data --out runs/ft-manager)."""
+    install_finetune(session)
+    session.run("python", "-m", "finetune.train", "manager", *session.posargs)
+
+
+@nox.session
+def export(session: nox.Session) -> None:
+    """Merge a trained LoRA adapter, convert it to GGUF and quantise it, offline (options after --)."""
+    install_finetune(session)
+    session.run("python", "-m", "finetune.export", *session.posargs)

@@ -1,0 +1,288 @@
+"""Training examples for both agents, built from LoCoMo with the Memory-R1 split (train conv-26, val conv-30).
+
+    python -m finetune.data --out runs/ft-data --manager MANAGER.gguf --embedder EMBEDDER.gguf
+    python -m finetune.data --out runs/ft-tiny --tiny --max-sessions 2      # smoke run: raw turns, tiny embedder
+
+Each conversation is observed turn by turn by the current Memory Manager into its own bank
+(out/banks/<conversation>.db), exactly as `Memory.observe` does for users; `--manager verbatim`
+stores each turn as it was said instead, as the benchmark's rag method does. Along the way:
+- a Memory Manager example is kept for every turn named in some question's evidence: the turn,
+  the related memories `observe` shows for it, the questions, and the part of the bank those
+  questions retrieve before the turn (the reward rebuilds that part and applies the manager's ops);
+- once the whole conversation is in, an Answer Agent example is kept for every question that
+  retrieves anything (with nothing retrieved, `Memory.ask` never calls the model): the up to 60
+  memories it retrieves, and the gold answer.
+Questions of category 5 (adversarial) are left out, as in the paper.
+
+Written: out/{train,val}/{answer,manager}.jsonl, one pydantic example per line. Prompts are
+built from the examples by `memr1.prompts` when training, never stored, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from benchmarks import locomo_data
+from pydantic import BaseModel
+
+from memr1 import Memory, MemR1Error, prompts
+from memr1.embedding import LlamaEmbedder
+from memr1.llm import LLM
+from memr1.schema import Turn
+
+log = logging.getLogger("finetune.data")
+
+Agent = Literal["answer", "manager"]
+AGENTS: tuple[Agent, ...] = ("answer", "manager")
+SPLITS = tuple(locomo_data.SPLITS)  # ("train", "val"): the test conversations are never trained on
+_DIA_ID = re.compile(r"D\d+:\d+")  # a few evidence strings hold several ids ("D8:6; D9:17")
+
+
+class Mem(BaseModel):
+    """A memory as the bank held it: database id, text, and when the fact was said."""
+
+    id: int
+    text: str
+    at: datetime | None = None
+
+
+class Question(BaseModel):
+    question: str
+    answer: str
+    category: int
+
+
+class AnswerExample(BaseModel):
+    conversation: str
+    question: str
+    answer: str  # gold
+    category: int
+    asked_on: datetime | None = None  # as the benchmark asks: at the date of the conversation's last turn
+    memories: list[Mem]  # what Memory.ask retrieves for the question, best first
+
+    def messages(self) -> list[dict[str, str]]:
+        return prompts.answer_messages(self.question, memories=shown(self.memories), now=self.asked_on)
+
+
+class ManagerExample(BaseModel):
+    conversation: str
+    dia_id: str
+    text: str
+    speaker: str | None = None
+    at: datetime | None = None
+    session: str | None = None
+    asked_on: datetime | None = None
+    related: list[Mem]  # what Memory.observe shows the manager for this turn, best first
+    bank: list[Mem]  # related memories plus what each question retrieves before the turn
+    questions: list[Question]  # the questions whose evidence names this turn
+
+    def messages(self) -> list[dict[str, str]]:
+        return prompts.manager_messages(self.text, speaker=self.speaker, at=self.at, session=self.session,
+                                        memories=shown(self.related))  # fmt: skip
+
+
+Example = AnswerExample | ManagerExample
+EXAMPLE_TYPES: dict[Agent, type[AnswerExample] | type[ManagerExample]] = {
+    "answer": AnswerExample,
+    "manager": ManagerExample,
+}
+
+
+def shown(memories: Sequence[Mem]) -> list[prompts.Shown]:
+    """The small ids the model sees, exactly as Memory gives them."""
+    return prompts.shown_memories([(m.id, m.text, m.at) for m in memories])
+
+
+class CachedEmbedder(LlamaEmbedder):
+    """A llama.cpp embedder that remembers its vectors.
+
+    Reward banks are rebuilt for every completion from the same few hundred texts, and the data
+    builder embeds each turn twice (once to record what observe will see, once in observe).
+    """
+
+    def __init__(self, model: str | Path, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self._vectors: dict[tuple[bool, str], np.ndarray] = {}
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if (query, t) not in self._vectors]
+        if missing:
+            for text, vector in zip(missing, super().embed(missing, query=query), strict=True):
+                self._vectors[(query, text)] = vector
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._vectors[(query, t)] for t in texts])
+
+
+def _mems(hits: Iterable[Any]) -> list[Mem]:
+    return [Mem(id=h.memory.id, text=h.memory.text, at=h.memory.at) for h in hits]
+
+
+def evidence_turns(qa: locomo_data.QA) -> set[str]:
+    return {d for e in qa.evidence for d in _DIA_ID.findall(e)}
+
+
+def build_conversation(sample: dict[str, Any], mem: Memory, *, k: int = 60, max_sessions: int | None = None,
+                       verbatim: bool = False,
+                       progress: bool = True) -> tuple[list[ManagerExample], list[AnswerExample]]:  # fmt: skip
+    """Observe one conversation into `mem` (an empty bank), keeping the examples as it goes.
+
+    `verbatim` adds each turn as a memory ("speaker: text") instead of asking the manager.
+    """
+    from tqdm.auto import tqdm
+
+    sid = sample["sample_id"]
+    turns = locomo_data.turns(sample)
+    if max_sessions is not None:
+        turns = [t for t in turns if t.session <= max_sessions]
+    seen = {t.dia_id for t in turns}
+    # with sessions cut, only questions whose whole evidence was observed (as the benchmark's --max-sessions)
+    qas = [q for q in locomo_data.questions([sample]) if max_sessions is None or (evidence_turns(q) or {""}) <= seen]
+    asked_on = turns[-1].at
+    touching: dict[str, list[locomo_data.QA]] = defaultdict(list)
+    for qa in qas:
+        for dia_id in evidence_turns(qa):
+            touching[dia_id].append(qa)
+    managers: list[ManagerExample] = []
+    failed = 0
+    for t in tqdm(turns, desc=f"{sid} observe", unit="turn", disable=not progress):
+        session = f"session_{t.session}"  # as benchmarks/locomo.py observes
+        if touching[t.dia_id]:
+            related = _mems(mem.search(t.text, mem.related_k))
+            bank = {m.id: m for m in related}
+            for qa in touching[t.dia_id]:
+                for m in _mems(mem.search(qa.question, k)):
+                    bank.setdefault(m.id, m)
+            managers.append(ManagerExample(
+                conversation=sid, dia_id=t.dia_id, text=t.text, speaker=t.speaker, at=t.at, session=session,
+                asked_on=asked_on, related=related, bank=sorted(bank.values(), key=lambda m: m.id),
+                questions=[Question(question=q.question, answer=q.answer, category=q.category)
+                           for q in touching[t.dia_id]],
+            ))  # fmt: skip
+        try:
+            if verbatim:
+                mem.add(f"{t.speaker}: {t.text}", at=t.at, metadata={"dia_id": t.dia_id, "session": t.session})
+            else:
+                mem.observe(Turn(text=t.text, speaker=t.speaker, at=t.at, session=session,
+                                 metadata={"dia_id": t.dia_id}))  # fmt: skip
+        except MemR1Error as e:  # as the benchmark does: a refused turn is logged and skipped
+            failed += 1
+            log.warning("%s %s not observed: %s", sid, t.dia_id, e)
+    if failed:
+        log.warning("%s: %d of %d turns could not be observed", sid, failed, len(turns))
+    answers = []
+    for q in qas:
+        if memories := _mems(mem.search(q.question, k)):
+            answers.append(AnswerExample(conversation=sid, question=q.question, answer=q.answer, category=q.category,
+                                         asked_on=asked_on, memories=memories))  # fmt: skip
+    if len(answers) < len(qas):
+        log.warning("%s: %d of %d questions retrieve nothing and give no example", sid, len(qas) - len(answers),
+                    len(qas))  # fmt: skip
+    return managers, answers
+
+
+def build(data: list[dict[str, Any]], out: Path, *, manager: LLM | None, embedder: str | Path,
+          splits: Sequence[str] = SPLITS, k: int = 60, max_sessions: int | None = None,
+          progress: bool = True) -> dict[str, dict[str, int]]:  # fmt: skip
+    """Write out/<split>/{answer,manager}.jsonl for the conversations of `splits`; returns the counts.
+
+    `manager=None` stores the turns verbatim.
+    Banks are rebuilt from scratch (out/banks/<conversation>.db): the examples must come from one
+    manager's run, never from a blend of two.
+    """
+    vectors = CachedEmbedder(embedder)
+    examples: dict[str, dict[Agent, list[Example]]] = {s: {"answer": [], "manager": []} for s in splits}
+    (out / "banks").mkdir(parents=True, exist_ok=True)
+    for sample in data:
+        split = locomo_data.split_of(sample["sample_id"])
+        if split not in examples:
+            continue
+        bank = out / "banks" / f"{sample['sample_id']}.db"
+        for stale in (bank, bank.with_name(bank.name + "-wal"), bank.with_name(bank.name + "-shm")):
+            stale.unlink(missing_ok=True)
+        with Memory(bank, embedder=vectors, manager=manager) as mem:
+            managers, answers = build_conversation(sample, mem, k=k, max_sessions=max_sessions,
+                                                   verbatim=manager is None, progress=progress)  # fmt: skip
+        examples[split]["manager"] += managers
+        examples[split]["answer"] += answers
+    for split, by_agent in examples.items():
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for agent, rows in by_agent.items():
+            write(out / split / f"{agent}.jsonl", rows)
+    return {split: {agent: len(rows) for agent, rows in by_agent.items()} for split, by_agent in examples.items()}
+
+
+def write(path: Path, examples: Sequence[BaseModel]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(e.model_dump_json() + "\n" for e in examples), encoding="utf-8")
+    tmp.replace(path)
+
+
+def load(directory: str | Path, split: str, agent: Agent) -> list[Any]:
+    path = Path(directory) / split / f"{agent}.jsonl"
+    model = EXAMPLE_TYPES[agent]
+    return [model.model_validate_json(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def to_dataset(examples: Sequence[Example]):
+    """A datasets.Dataset for TRL: the conversational prompt, and the example itself for the reward."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({
+        "prompt": [e.messages() for e in examples],
+        "example": [e.model_dump_json() for e in examples],
+    })  # fmt: skip
+
+
+def chat_llm(ref: str | None, *, base_url: str | None = None, gpu_layers: int = 0, slot: str = "manager") -> LLM:
+    """A memr1 chat backend: a GGUF path or hub reference, or a model name on an OpenAI-compatible server."""
+    from memr1.llm import DEFAULT_CHAT_MODEL, LlamaCpp, OpenAICompatible
+
+    if base_url:
+        return OpenAICompatible(base_url, ref or "default")
+    return LlamaCpp(ref or DEFAULT_CHAT_MODEL, slot=slot, n_gpu_layers=gpu_layers)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from memr1.embedding import DEFAULT_EMBEDDER
+
+    p = argparse.ArgumentParser(prog="python -m finetune.data", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="directory for the examples and the banks")
+    p.add_argument("--data", type=Path, default=None, help="locomo10.json (default: ../shared/data, else a download)")
+    p.add_argument("--manager", default=None,
+                   help="GGUF path or hub ref of the Memory Manager that builds the banks, or 'verbatim'")  # fmt: skip
+    p.add_argument("--embedder", default=None, help=f"embedding GGUF (default {DEFAULT_EMBEDDER})")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible server for the manager (--manager names it)")
+    p.add_argument("--gpu-layers", type=int, default=0, help="layers of the manager to offload (llama.cpp)")
+    p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated: train,val")
+    p.add_argument("--k", type=int, default=60, help="memories retrieved per question (the paper's 60)")
+    p.add_argument("--max-sessions", type=int, default=None, help="observe only the first N sessions (smoke runs)")
+    p.add_argument("--tiny", action="store_true", help="verbatim banks and a random-weight embedder: a smoke run")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    embedder = args.embedder or DEFAULT_EMBEDDER
+    if args.tiny:
+        from memr1.tiny_models import write_embedding_model
+
+        args.manager = "verbatim"
+        embedder = str(write_embedding_model(args.out / "models" / "tiny-embed.gguf", dim=32, seed=0))
+    manager = None if args.manager == "verbatim" else chat_llm(args.manager, base_url=args.base_url,
+                                                                 gpu_layers=args.gpu_layers)  # fmt: skip
+    counts = build(locomo_data.load(locomo_data.ensure_data(args.data)), args.out, manager=manager,
+                   embedder=embedder, splits=args.splits.split(","), k=args.k,
+                   max_sessions=args.max_sessions)  # fmt: skip
+    (args.out / "counts.json").write_text(json.dumps(counts, indent=2))
+    print(json.dumps(counts))
+
+
+if __name__ == "__main__":
+    main()

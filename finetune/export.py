@@ -1,0 +1,166 @@
+"""Export a trained agent to GGUF, offline, and check it through memr1.
+
+    python -m finetune.export --adapter runs/ft-answer/adapter --out runs/export/answer
+    python -m finetune.export --adapter runs/ft-manager/adapter --base Qwen/Qwen2.5-3B-Instruct --quant q5_k_m ...
+    python -m finetune.export --model merged-hf-dir --out ... --push-to-hub you/memr1-answer-3b
+
+Steps, none of which clones or downloads anything:
+1. merge the LoRA adapter into its base model (peft) and save a Hugging Face folder: out/hf/;
+2. convert it to GGUF f16 with llama.cpp's own converter, convert_hf_to_gguf.py: out/<name>-f16.gguf.
+   The converter and its gguf-py are vendored, unchanged, under finetune/vendor/llama.cpp (MIT), from
+   the llama-cpp-python sdist that memr1 pins; they cover the Llama, Mistral and Qwen 2/2.5/3 families.
+   For other architectures pass --llama-cpp with a llama.cpp checkout or an unpacked sdist's vendor/llama.cpp;
+3. quantise it with llama.cpp's quantiser, through llama-cpp-python: out/<name>-<quant>.gguf;
+4. load the quantised file through memr1 as both agents, and run one observe and one ask.
+With --push-to-hub REPO, the quantised file is then uploaded with huggingface-hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("finetune.export")
+VENDORED = Path(__file__).with_name("vendor") / "llama.cpp"
+CONVERTER = "convert_hf_to_gguf.py"
+
+
+def merge(adapter: Path, out: Path, *, base: str | None = None) -> Path:
+    """Merge a LoRA adapter into its base model; save the model and the adapter's tokenizer to `out`."""
+    import torch
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = base or PeftConfig.from_pretrained(adapter).base_model_name_or_path
+    # a 4-bit training base (Unsloth's bnb checkpoints) cannot be merged into: pass the 16-bit model as --base
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", low_cpu_mem_usage=True)
+    if model.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise SystemExit(f"{base} loads as {model.dtype}; pass its 16-bit original with --base")
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(adapter).save_pretrained(out)  # carries the chat template the agent learned with
+    return out
+
+
+def convert(hf_dir: Path, outfile: Path, *, outtype: str = "f16", llama_cpp: Path = VENDORED) -> Path:
+    """Run llama.cpp's convert_hf_to_gguf.py in a subprocess: it imports its own gguf-py, not the installed gguf."""
+    script = llama_cpp / CONVERTER
+    if not script.exists():
+        raise SystemExit(f"no {CONVERTER} in {llama_cpp}")
+    cmd = [sys.executable, str(script), str(hf_dir), "--outfile", str(outfile), "--outtype", outtype]
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"} | {"HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        hint = ""
+        if "No module named 'conversion." in done.stderr:
+            hint = ("\nThis architecture's converter module is not vendored here: pass --llama-cpp with a llama.cpp "
+                    "checkout, or with vendor/llama.cpp of an unpacked llama-cpp-python sdist.")  # fmt: skip
+        raise SystemExit(f"{CONVERTER} failed ({done.returncode}):\n{tail}{hint}")
+    return outfile
+
+
+def quantize(source: Path, outfile: Path, quant: str = "q4_k_m", *, threads: int | None = None) -> Path:
+    """llama.cpp's quantiser (llama_model_quantize), as llama-cpp-python exposes it."""
+    import llama_cpp
+
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}", None)
+    if ftype is None:
+        raise SystemExit(f"unknown quantisation {quant!r} (e.g. q4_k_m, q5_k_m, q6_k, q8_0)")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads or os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(outfile).encode(), ctypes.byref(params)) != 0:
+        raise SystemExit(f"quantising {source} to {quant} failed")
+    return outfile
+
+
+def verify(gguf: Path, *, embedder: str | None = None) -> dict[str, Any]:
+    """Load the file through memr1 as both agents; one observe and one ask must go through the model."""
+    from memr1 import Memory
+
+    with tempfile.TemporaryDirectory(prefix="memr1-export-") as tmp:
+        with Memory(Path(tmp) / "bank.db", embedder=embedder, manager=gguf, answerer=gguf) as mem:
+            start = time.perf_counter()
+            ops = mem.observe("I adopted a dog named Buddy.", speaker="Andrew", at="2023-05-08T13:56")
+            mem.add("Andrew adopted a dog named Buddy.", at="2023-05-08")  # so that ask has memories to show
+            answer = mem.ask("What is the name of Andrew's dog?")
+            if mem.usage["llm_calls"] < 2:
+                raise SystemExit(f"{gguf}: observe and ask made {mem.usage['llm_calls']} model calls, expected 2")
+            return {"operations": [op.model_dump() for op in ops], "answer": answer.text,
+                    "llm_calls": mem.usage["llm_calls"], "seconds": time.perf_counter() - start}  # fmt: skip
+
+
+def push(files: Sequence[Path], repo: str, *, private: bool = False) -> str:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    url = api.create_repo(repo, private=private, exist_ok=True)
+    for path in files:
+        api.upload_file(path_or_fileobj=path, path_in_repo=path.name, repo_id=repo)
+    return str(url)
+
+
+def export(out: Path, *, adapter: Path | None = None, model: Path | None = None, base: str | None = None,
+           quant: str = "q4_k_m", name: str | None = None, llama_cpp: Path = VENDORED, embedder: str | None = None,
+           check: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Merge (if an adapter is given), convert, quantise and verify; returns a summary with the file sizes."""
+    if (adapter is None) == (model is None):
+        raise SystemExit("pass exactly one of --adapter and --model")
+    out.mkdir(parents=True, exist_ok=True)
+    hf_dir = merge(adapter, out / "hf", base=base) if adapter is not None else model
+    assert hf_dir is not None
+    name = name or (adapter.parent.name if adapter is not None else hf_dir.name)
+    started = time.perf_counter()
+    f16 = convert(hf_dir, out / f"{name}-f16.gguf", llama_cpp=llama_cpp)
+    converted = time.perf_counter()
+    quantized = quantize(f16, out / f"{name}-{quant}.gguf", quant)
+    summary: dict[str, Any] = {
+        "hf": str(hf_dir),
+        "f16": str(f16),
+        "f16_bytes": f16.stat().st_size,
+        "gguf": str(quantized),
+        "gguf_bytes": quantized.stat().st_size,
+        "convert_seconds": converted - started,
+        "quantize_seconds": time.perf_counter() - converted,
+    }
+    if check:
+        summary["verify"] = verify(quantized, embedder=embedder)
+    (out / "export.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m finetune.export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--adapter", type=Path, help="a LoRA adapter folder written by finetune.train (out/adapter)")
+    p.add_argument("--model", type=Path, help="an already merged Hugging Face model folder")
+    p.add_argument("--base", default=None, help="base model to merge into (default: the adapter's own)")
+    p.add_argument("--quant", default="q4_k_m", help="llama.cpp quantisation type (default q4_k_m)")
+    p.add_argument("--name", default=None, help="file name stem (default: the training run's folder name)")
+    p.add_argument("--llama-cpp", type=Path, default=VENDORED, help="folder holding convert_hf_to_gguf.py")
+    p.add_argument("--embedder", default=None, help="embedding GGUF for the check (default: memr1's)")
+    p.add_argument("--no-check", action="store_true", help="skip the observe + ask check through memr1")
+    p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload the quantised GGUF to this hub repo")
+    p.add_argument("--private", action="store_true", help="create the hub repo private")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary = export(args.out, adapter=args.adapter, model=args.model, base=args.base, quant=args.quant,
+                     name=args.name, llama_cpp=args.llama_cpp, embedder=args.embedder, check=not args.no_check)  # fmt: skip
+    if args.push_to_hub:
+        summary["hub"] = push([Path(summary["gguf"])], args.push_to_hub, private=args.private)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

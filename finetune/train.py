@@ -1,0 +1,346 @@
+"""GRPO training of one agent with TRL, scored on validation before and after.
+
+    python -m finetune.train answer  --data runs/ft-data --out runs/ft-answer
+    python -m finetune.train manager --data runs/ft-data --out runs/ft-manager --set frozen_answerer=A.gguf
+    python -m finetune.train answer  --data runs/ft-tiny --out runs/ft-tiny-answer --tiny   # CPU smoke run
+
+Settings come from finetune/config.toml (--config, --set key=value). On a CUDA GPU the policy is
+loaded by Unsloth's FastLanguageModel with LoRA; elsewhere by transformers + peft, and TRL's
+Triton log-probability kernel runs in Triton's CPU interpreter. The trainer is TRL's
+GRPOTrainer either way, with the rewards of finetune.rewards.
+
+Written to --out: adapter/ (LoRA weights and tokenizer, for finetune.export), log.jsonl (every
+logged step), rewards.png (the reward curve), eval.json (validation before and after, scored
+with the benchmark's scorer: F1, BLEU-1 and exact match, x100, and the share of parseable outputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import scoring
+from pydantic import BaseModel, ConfigDict
+
+from . import data
+from .rewards import AnswerReward, ManagerReward, Metric
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger("finetune.train")
+CONFIG = Path(__file__).with_name("config.toml")
+
+
+class Settings(BaseModel):
+    """One agent's training settings; config.toml documents each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str
+    use_unsloth: bool = True
+    load_in_4bit: bool = False
+    max_seq_length: int = 8192
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.0
+    target_modules: list[str]
+    num_generations: int = 8
+    beta: float = 0.001
+    learning_rate: float = 1e-6
+    temperature: float = 1.0
+    max_completion_length: int
+    epochs: float = 2
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 4
+    seed: int = 42
+    reward: Metric = "em"
+    format_weight: float = 0.0
+    eval_limit: int = -1
+    eval_batch_size: int = 8
+    k: int = 60
+    frozen_answerer: str = ""
+    frozen_base_url: str = ""
+    gpu_layers: int = 0
+    embedder: str = ""
+
+
+def load_settings(agent: data.Agent, path: Path = CONFIG, *, tiny: bool = False,
+                  overrides: dict[str, Any] | None = None) -> Settings:  # fmt: skip
+    """Top-level keys, then the agent's table, then [tiny] when asked, then `overrides`."""
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    merged = {key: value for key, value in raw.items() if not isinstance(value, dict)}
+    merged |= raw.get(agent, {})
+    if tiny:
+        merged |= raw.get("tiny", {})
+    return Settings.model_validate(merged | (overrides or {}))
+
+
+def prepare_backend(use_unsloth: bool) -> bool:
+    """True on CUDA. Must run before transformers, peft or trl are imported.
+
+    Unsloth patches those libraries when imported first. Without CUDA, TRL's GRPO log-probabilities
+    still go through its Triton kernel, which Triton's interpreter runs on the CPU, provided that
+    TRITON_INTERPRET is set before triton.language is first imported (transformers imports it).
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        if use_unsloth:
+            try:
+                import unsloth  # noqa: F401
+            except ImportError as e:
+                raise SystemExit(f"use_unsloth is set but unsloth is not importable ({e}): "
+                                 "pip install -e '.[finetune,finetune-gpu]', or --set use_unsloth=false") from None  # fmt: skip
+        return True
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        if "triton.language" in sys.modules:
+            raise RuntimeError("triton was imported before TRITON_INTERPRET=1 was set; without CUDA, TRL's Triton "
+                               "kernel needs it: set it in the environment, or call prepare_backend() first")  # fmt: skip
+        os.environ["TRITON_INTERPRET"] = "1"
+    return False
+
+
+def load_policy(settings: Settings, cuda: bool) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, peft_config): Unsloth applies LoRA itself; otherwise the trainer does, from peft_config."""
+    if cuda and settings.use_unsloth:
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=settings.base_model, max_seq_length=settings.max_seq_length,
+            load_in_4bit=settings.load_in_4bit,
+        )  # fmt: skip
+        model = FastLanguageModel.get_peft_model(
+            model, r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+            target_modules=settings.target_modules, use_gradient_checkpointing="unsloth", random_state=settings.seed,
+        )  # fmt: skip
+        return model, tokenizer, None
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(settings.base_model)
+    lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                      target_modules=settings.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+    return model, tokenizer, lora
+
+
+def make_reward(agent: data.Agent, settings: Settings) -> AnswerReward | ManagerReward:
+    if agent == "answer":
+        return AnswerReward(settings.reward, settings.format_weight)
+    from memr1.embedding import DEFAULT_EMBEDDER
+
+    answerer = data.chat_llm(settings.frozen_answerer or None, base_url=settings.frozen_base_url or None,
+                             gpu_layers=settings.gpu_layers, slot="frozen-answerer")  # fmt: skip
+    return ManagerReward(answerer, settings.embedder or DEFAULT_EMBEDDER, settings.reward, k=settings.k)
+
+
+def generate(model: Any, tokenizer: Any, examples: Sequence[data.Example], settings: Settings, cuda: bool) -> list[str]:
+    """Greedy completions, as evaluation in the paper: no sampling, no repetition penalty."""
+    import torch
+    from transformers import GenerationConfig
+
+    if cuda and settings.use_unsloth:
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)
+    config = GenerationConfig(max_new_tokens=settings.max_completion_length, do_sample=False, repetition_penalty=1.0,
+                              eos_token_id=model.generation_config.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)  # fmt: skip
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    texts: list[str] = []
+    try:
+        model.eval()
+        for start in range(0, len(examples), settings.eval_batch_size):
+            batch = examples[start : start + settings.eval_batch_size]
+            rendered = [tokenizer.apply_chat_template(e.messages(), add_generation_prompt=True, tokenize=False)
+                        for e in batch]  # fmt: skip
+            inputs = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**inputs, generation_config=config)
+            texts += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train()
+        if cuda and settings.use_unsloth:
+            FastLanguageModel.for_training(model)
+    return texts
+
+
+def evaluate(model: Any, tokenizer: Any, examples: Sequence[data.Example], reward: AnswerReward | ManagerReward,
+             settings: Settings, cuda: bool) -> dict[str, float]:  # fmt: skip
+    """Validation scores of the agent's greedy outputs, with the benchmark's scorer (x100, as its reports)."""
+    rows: list[tuple[str, data.Question | data.AnswerExample]] = []  # (prediction, what it answers)
+    parsed = 0
+    for text, example in zip(generate(model, tokenizer, examples, settings, cuda), examples, strict=True):
+        if isinstance(example, data.AnswerExample):
+            prediction = reward.predict(text, example)  # type: ignore[arg-type]
+            parsed += prediction is not None
+            rows.append((prediction or "", example))
+        else:
+            predictions = reward.predict(text, example)  # type: ignore[arg-type]
+            parsed += predictions is not None
+            rows += zip(predictions or [""] * len(example.questions), example.questions, strict=True)
+
+    def mean(values: Any) -> float:
+        values = list(values)
+        return 100 * statistics.fmean(values) if values else float("nan")
+
+    return {
+        "count": len(examples),
+        "parsed": 100 * parsed / len(examples) if examples else float("nan"),
+        "f1": mean(scoring.locomo_f1(p, q.answer, q.category) for p, q in rows),
+        "b1": mean(scoring.bleu1(p, q.answer) for p, q in rows),
+        "em": mean(scoring.exact_match(p, q.answer) for p, q in rows),
+    }
+
+
+def plot(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rows = [h for h in history if "reward" in h]
+    steps = [h["step"] for h in rows]
+    mean = [h["reward"] for h in rows]
+    std = [h.get("reward_std", 0.0) for h in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, mean, marker="o", label="mean reward of the step's completions")
+    ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2,
+                    label="± one standard deviation")  # fmt: skip
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("reward")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _step_log(path: Path) -> Any:
+    from transformers import TrainerCallback
+
+    class StepLog(TrainerCallback):
+        """Append every logged step to a JSONL file as it comes, so a stopped run keeps its curve."""
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+        ) -> None:
+            if logs and state.is_world_process_zero:
+                with path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    return StepLog()
+
+
+def run(agent: data.Agent, settings: Settings, data_dir: Path, out: Path) -> dict[str, Any]:
+    """Train one agent; returns what eval.json holds."""
+    cuda = prepare_backend(settings.use_unsloth)
+    import torch
+    from trl import GRPOConfig, GRPOTrainer  # after prepare_backend: Unsloth must patch TRL first
+
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+
+    out.mkdir(parents=True, exist_ok=True)
+    train_examples = data.load(data_dir, "train", agent)
+    val_examples = data.load(data_dir, "val", agent)
+    if settings.eval_limit >= 0:
+        val_examples = val_examples[: settings.eval_limit]
+    reward = make_reward(agent, settings)
+    model, tokenizer, lora = load_policy(settings, cuda)
+    started = time.perf_counter()
+    before = evaluate(model, tokenizer, val_examples, reward, settings, cuda)
+    log.info("validation before training: %s", before)
+    (out / "log.jsonl").unlink(missing_ok=True)
+    args = GRPOConfig(
+        output_dir=str(out / "trainer"), num_generations=settings.num_generations, beta=settings.beta,
+        learning_rate=settings.learning_rate, temperature=settings.temperature,
+        max_completion_length=settings.max_completion_length, num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps, per_device_train_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps, seed=settings.seed, logging_steps=1,
+        save_strategy="no", report_to="none", use_cpu=not cuda, bf16=bf16, fp16=cuda and not bf16,
+    )  # fmt: skip
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data.to_dataset(train_examples),
+                          processing_class=tokenizer, peft_config=lora, callbacks=[_step_log(out / "log.jsonl")])  # fmt: skip
+    trainer.train()
+    after = evaluate(trainer.model, tokenizer, val_examples, reward, settings, cuda)
+    log.info("validation after training: %s", after)
+    trainer.model.save_pretrained(out / "adapter")
+    tokenizer.save_pretrained(out / "adapter")
+    history = trainer.state.log_history
+    plot(history, out / "rewards.png", f"{agent} agent, GRPO on {Path(settings.base_model).name}: "
+         f"validation F1 {before['f1']:.1f} -> {after['f1']:.1f}")  # fmt: skip
+    step_seconds = [h["step_time"] for h in history if "step_time" in h]
+    result = {
+        "agent": agent,
+        "base_model": settings.base_model,
+        "device": "cuda" if cuda else "cpu",
+        "steps": trainer.state.global_step,
+        "seconds": time.perf_counter() - started,
+        "mean_step_seconds": statistics.fmean(step_seconds) if step_seconds else None,
+        "validation": {"before": before, "after": after},
+        "settings": settings.model_dump(),
+    }
+    (out / "eval.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m finetune.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("agent", choices=data.AGENTS)
+    p.add_argument("--data", type=Path, required=True, help="the examples written by python -m finetune.data")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--config", type=Path, default=CONFIG)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--tiny", action="store_true", help="train a random-weight model built locally (smoke run)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides = {key: _value(value) for key, _, value in (s.partition("=") for s in args.set)}
+    if args.tiny:
+        overrides = {"base_model": str(args.out / "models" / "tiny-hf")} | overrides
+    settings = load_settings(args.agent, args.config, tiny=args.tiny, overrides=overrides)
+    prepare_backend(settings.use_unsloth)  # before the tiny models are written: they import transformers
+    if args.tiny:
+        settings = settings.model_copy(update=tiny_models(args.out / "models") | overrides)
+    result = run(args.agent, settings, args.data, args.out)
+    print(json.dumps(result["validation"], indent=2))
+
+
+def tiny_models(directory: Path) -> dict[str, str]:
+    """A random-weight policy, frozen answerer and embedder, all written locally."""
+    from memr1.tiny_models import write_chat_model, write_embedding_model
+
+    from .tiny import write_hf_chat_model
+
+    return {
+        "base_model": str(write_hf_chat_model(directory / "tiny-hf")),
+        "frozen_answerer": str(write_chat_model(directory / "tiny-chat.gguf", seed=0)),
+        "embedder": str(write_embedding_model(directory / "tiny-embed.gguf", dim=32, seed=0)),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -28,9 +28,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the retrieval speed benchmark (pass options after --)."""
-    session.install(*CONSTRAINTS, "-e", ".")
-    session.run("python", "-m", "benchmarks.retrieval_speed", *session.posargs)
+    """Run a benchmark: `nox -s bench -- locomo --tiny` (default: retrieval_speed; options after the name)."""
+    session.install(*CONSTRAINTS, "-e", ".[bench]")
+    args = list(session.posargs)
+    module = args.pop(0) if args and not args[0].startswith("-") else "retrieval_speed"
+    session.run("python", "-m", f"benchmarks.{module}", *args)
 
 
 def install_finetune(session: nox.Session) -> None:

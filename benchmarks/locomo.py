@@ -45,7 +45,6 @@ METHODS = ("memr1", "memr1-nodistill", "rag", "full-context")
 BANK_OF = {"memr1": "memr1", "memr1-nodistill": "memr1", "rag": "rag"}  # the two memr1 methods share a bank
 TABLE1_ORDER = (4, 1, 3, 2)  # the paper's column order: single-hop, multi-hop, open-domain, temporal
 _EVIDENCE_SESSION = re.compile(r"D(\d+):")
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo10.json"  # this workplace's copy
 
 
 @dataclass
@@ -298,7 +297,7 @@ def ask_all(conv: Conversation, method: str, s: Settings, mem: Memory | None, ll
 
 
 def run(s: Settings) -> dict[str, Any]:
-    data = locomo_data.load(s.data)
+    data = locomo_data.load(locomo_data.ensure_data(s.data))
     convs = conversations(data, s)
     s.out.mkdir(parents=True, exist_ok=True)
     judge = chat_model(s.judge, slot="judge", s=s, base_url=s.judge_base_url) if s.judge or s.judge_base_url else None
@@ -483,7 +482,7 @@ def write_reports(s: Settings, results: dict[str, Any]) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.locomo", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--data", type=Path, default=SHARED_DATA,
+    p.add_argument("--data", type=Path, default=locomo_data.DEFAULT_DATA,
                    help="locomo10.json (fetched from the public LoCoMo repository when missing)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("runs/locomo"), help="reports, banks and resumable logs")
     p.add_argument("--method", default="memr1", help=f"comma-separated of {', '.join(METHODS)}, or all")

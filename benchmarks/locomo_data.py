@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo10.json"
+LOCOMO_URL = "https://raw.githubusercontent.com/snap-research/locomo/main/data/locomo10.json"
+LOCOMO_SHA256 = "79fa87e90f04081343b8c8debecb80a9a6842b76a7aa537dc9fdf651ea698ff4"
 SPLITS = {"train": ("conv-26",), "val": ("conv-30",)}
 _SESSION = re.compile(r"^session_(\d+)$")
 
@@ -30,6 +37,48 @@ class Turn:
     speaker: str
     text: str
     at: datetime
+
+
+def cache_dir() -> Path:
+    """Where benchmarks keep downloads and embeddings: $MEMR1_CACHE, else ~/.cache/memr1."""
+    root = os.environ.get("MEMR1_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "memr1"
+    return Path(root)
+
+
+def ensure_data(path: str | Path | None = None, *, url: str = LOCOMO_URL, sha256: str | None = LOCOMO_SHA256,
+                cache: str | Path | None = None, timeout: float = 60.0) -> Path:  # fmt: skip
+    """A local locomo10.json: `path` (default ../shared/data/locomo10.json) when it exists, else a cached download.
+
+    The download goes to `cache` (default cache_dir()/locomo/) under a temporary name and is checked
+    against `sha256` (None skips the check) and parsed before it takes the real name, so a cut or
+    changed download never poses as the data set. `url` may be file:// for offline use.
+    """
+    path = Path(path) if path is not None else DEFAULT_DATA
+    if path.exists():
+        return path
+    target = Path(cache) if cache is not None else cache_dir() / "locomo"
+    target = target / Path(urllib.parse.urlsplit(url).path).name
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body = response.read()
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"{path} does not exist and {url} could not be fetched: {e}") from None
+    digest = hashlib.sha256(body).hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise ValueError(f"{url} has sha256 {digest}, expected {sha256}; refusing to use it")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, list) or not all(isinstance(s, dict) and "sample_id" in s for s in data):
+        raise ValueError(f"{url} is not LoCoMo data: expected a JSON list of samples with sample_id")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+    partial.write_bytes(body)
+    partial.replace(target)
+    return target
 
 
 def load(path: str | Path) -> list[dict[str, Any]]:

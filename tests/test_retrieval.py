@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memr1 import Memory
-from memr1.retrieval import VectorIndex, fts_query, fuse
+from memr1 import Memory, retrieval
+from memr1.retrieval import VectorIndex, fts_query, fuse, fuse_scores, spread
 
 from .conftest import MINILM, needs_minilm
 
@@ -95,3 +95,115 @@ def test_real_embedder_finds_the_semantic_match(tmp_path: Path) -> None:
             "Andrew"
         )
         assert mem.search("Who is unemployed?", k=4, user="u", mode="vector")[0].memory.text.startswith("Jon")
+
+
+# ---- fusion and context (retrieval.Tuning) ----
+
+
+class WordsEmbedder:
+    """One dimension per known word: cosine is plain word overlap, so rankings can be worked out by hand."""
+
+    identity = "words"
+    VOCAB = "purple sneakers nice what are they for long runs river weather rain chess club book garden".split()
+    dim = len(VOCAB)
+
+    def embed(self, texts):
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for row, text in zip(out, texts):
+            for word in text.lower().replace("?", "").split():
+                if word in self.VOCAB:
+                    row[self.VOCAB.index(word)] += 1
+            row[:] = row / (np.linalg.norm(row) or 1)
+        return out
+
+
+def test_score_fusion_shifts_to_the_floor_and_scales() -> None:
+    vector = [(1, 0.9), (2, 0.5), (3, 0.1)]  # cut at its depth: the last entry is the floor
+    rms = np.sqrt((0.8**2 + 0.4**2) / 3)
+    assert fuse_scores((vector, 1.0, None)) == pytest.approx({1: 0.8 / rms, 2: 0.4 / rms, 3: 0.0})
+    text = [(2, 3.0), (4, 1.0)]  # every BM25 match: the floor is BM25's zero
+    both = fuse_scores((vector, 1.0, None), (text, 1.5, 0.0))
+    assert both == pytest.approx({1: 0.8 / rms, 2: 0.4 / rms + 1.5 * 3 / 5**0.5, 3: 0.0, 4: 1.5 / 5**0.5})
+    assert fuse_scores(([(9, 2.5)], 1.0, 0.0)) == {9: 1.0}  # a lone match still counts
+    assert fuse_scores(([(9, 2.5)], 1.0, None)) == {9: 0.0}
+    flat = fuse_scores(([(5, 1e-6), (6, 0.99e-6)], 1.0, 0.0))  # a word in every memory: near-equal, not huge
+    assert 0.9 < flat[6] < flat[5] < 1.1
+
+
+def test_spread_gives_shares_by_distance() -> None:
+    assert spread({1: 2.0, 2: 1.0}, [(1, 2, 1), (1, 3, 2), (2, 1, 1)], (0.4, 0.2)) == {1: 2.4, 2: 1.8, 3: 0.4}
+
+
+def test_context_pulls_in_the_turn_after_the_match(bank: Path) -> None:
+    with Memory(bank, embedder=WordsEmbedder()) as mem:
+        day = "2023-05-0{}T10:00"
+        ids = [mem.add(t, user="u", at=day.format(d)).id for t, d in [
+            ("weather rain", 1), ("purple sneakers", 2), ("nice what are they for", 2), ("long runs river", 2),
+            ("chess club", 4), ("book garden", 4)]]  # fmt: skip
+        plain = mem.search("purple sneakers", k=10, user="u", mode="vector")
+        assert plain[0].memory.id == ids[1] and all(h.vector_score == 0 for h in plain[1:])
+        hits = mem.search("purple sneakers", k=10, user="u")
+        got = [h.memory.id for h in hits]
+        assert got[:2] == [ids[1], ids[2]]  # the reply right after the match comes next
+        assert got.index(ids[3]) < got.index(ids[4]) and got.index(ids[0]) > got.index(ids[3])
+        assert hits[1].vector_score == 0 and hits[1].text_score is None  # it is there by context alone
+        assert {h.memory.id: h.score for h in hits}[ids[0]] == 0.0  # said the day before the match: no context
+
+
+def test_context_stays_within_a_user(bank: Path) -> None:
+    with Memory(bank, embedder=WordsEmbedder()) as mem:
+        at = "2023-05-02T10:00"
+        match, other, own = (mem.add(t, user=u, at=at).id for t, u in
+                             [("purple sneakers", "u"), ("nice what are they for", "v"), ("long runs river", "u")])  # fmt: skip
+        scores = {h.memory.id: h.score for h in mem.search("purple sneakers", k=3, user=None)}
+        assert scores[own] > 0 and scores[other] == 0  # v's memory sits between in id order but is not u's context
+        assert [h.memory.id for h in mem.search("purple sneakers", k=3, user="v")] == [other]
+
+
+def test_context_respects_scope_and_follows_updates(bank: Path) -> None:
+    with Memory(bank, embedder=WordsEmbedder()) as mem:
+        a = mem.add("purple sneakers", user="u", at="2023-05-02T10:00", metadata={"kind": "x"})
+        b = mem.add("nice what are they for", user="u", at="2023-05-02T10:00", metadata={"kind": "y"})
+        assert [h.memory.id for h in mem.search("purple sneakers", user="u")] == [a.id, b.id]
+        assert [h.memory.id for h in mem.search("purple sneakers", user="u", filters={"kind": "x"})] == [a.id]
+        assert [h.memory.id for h in mem.search("purple sneakers", user="u", until="2023-05-01")] == []
+        c = mem.add("chess club", user="u", at="2023-05-02T10:00")
+        mem.update(a.id, "purple sneakers again")  # re-appended in the index: id order must still hold
+        index = mem._bind()
+        index.sync(mem.store)
+        assert list(index._rows.ids) == sorted(index._rows.ids)
+        links = index.neighbours([b.id], 2, gap=3600, user="u")
+        assert sorted(links) == [(b.id, a.id, 1), (b.id, c.id, 1)]
+
+
+def test_plain_rrf_is_the_first_hybrid_search(mem: Memory) -> None:
+    for text in ["alpha beta", "beta gamma", "gamma delta", "delta alpha"]:
+        mem.add(text)
+    vector = mem.embedder.embed(["alpha gamma"])[0]
+    index = mem._bind()
+    hits = retrieval.search(mem.store, index, vector, "alpha gamma", k=4, user="default", since=None, until=None,
+                            filters=None, tuning=retrieval.PLAIN_RRF)  # fmt: skip
+    v = [m for m, _ in index.nearest(vector, 50, user="default")]
+    t = [m for m, _ in mem.store.fts(retrieval.fts_query("alpha gamma"), limit=50, user="default", since=None,
+                                     until=None, filters=None)]  # fmt: skip
+    want = fuse(v, t)
+    assert [h.memory.id for h in hits] == sorted(want, key=lambda m: -want[m])
+
+
+def test_time_questions_and_time_statements() -> None:
+    for q in ["When did Caroline go to the support group?", "How long has Mel been married?", "In which year did...?"]:
+        assert retrieval.asks_when(q), q
+    for q in ["What did Caroline do when she moved?", "Who went to the park?", "How many kids?"]:
+        assert not retrieval.asks_when(q), q
+    for t in ["I went yesterday", "last weekend we hiked", "back in May", "in 2022", "a few weeks ago", "on Friday"]:
+        assert retrieval.states_time(t), t
+    for t in ["I may go hiking", "we love painting", "the 2 kids"]:
+        assert not retrieval.states_time(t), t
+
+
+def test_time_boost_lifts_memories_that_say_when(bank: Path) -> None:
+    with Memory(bank, embedder=WordsEmbedder()) as mem:
+        plain = mem.add("chess club", user="u", at="2023-05-01").id
+        dated = mem.add("chess club last week", user="u", at="2023-05-09").id  # "last week" is no WordsEmbedder word
+        assert [h.memory.id for h in mem.search("What about the chess club?", k=2, user="u")] == [plain, dated]
+        assert [h.memory.id for h in mem.search("When was the chess club?", k=2, user="u")] == [dated, plain]

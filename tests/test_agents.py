@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from memr1 import Memory, MemoryNotFound, ModelOutputError
+from memr1 import Memory, ModelOutputError
 from memr1.testing import ScriptedLLM
 
 
@@ -116,24 +116,29 @@ def test_ops_naming_unshown_ids_are_dropped_never_applied(agent_bank, caplog) ->
 
 
 def test_a_turns_ops_are_all_or_nothing(agent_bank) -> None:
-    state = {}
+    """A memory deleted by another writer between retrieval and apply: the stale decision is refused whole
+    (its ADD does not land either), and the turn is decided again on the memories there now."""
+    state = {"calls": 0}
 
     def manager(messages):
+        state["calls"] += 1
         if "second" not in messages[-1]["content"]:
             return {"operations": [{"event": "ADD", "id": -1, "text": "first fact"}]}
-        target = by_text(messages, "first fact")
-        state["db"].delete(state["db"].list()[0].id)  # a concurrent delete between retrieval and apply
-        return {"operations": [{"event": "ADD", "id": -1, "text": "should not land"},
-                               {"event": "UPDATE", "id": target, "text": "first fact, revised"}]}  # fmt: skip
+        if state["calls"] == 2:
+            target = by_text(messages, "first fact")
+            state["db"].delete(state["db"].list()[0].id)  # a concurrent delete between retrieval and apply
+            return {"operations": [{"event": "ADD", "id": -1, "text": "should not land"},
+                                   {"event": "UPDATE", "id": target, "text": "first fact, revised"}]}  # fmt: skip
+        assert shown(messages) == []
+        return {"operations": [{"event": "ADD", "id": -1, "text": "second fact"}]}
 
     mem = agent_bank(manager)
     state["db"] = mem
     mem.observe("first")
-    before = (mem.stats()["history"], mem.stats()["turns"])
-    with pytest.raises(MemoryNotFound):
-        mem.observe("second")
-    assert mem.list() == [] and (mem.stats()["history"], mem.stats()["turns"]) == (before[0] + 1, before[1])
-    assert mem.search("should not land") == []
+    ops = mem.observe("second")
+    assert [(o.kind, o.text) for o in ops] == [("ADD", "second fact")]
+    assert [i.text for i in mem.list()] == ["second fact"] and mem.search("should not land", mode="text") == []
+    assert mem.stats()["turns"] == 2 and mem.usage["llm_calls"] == 3 and mem.check() == []
 
 
 def test_malformed_output_is_retried_then_refused_with_the_bank_unchanged(agent_bank) -> None:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from memr1 import IncompatibleBank, LlamaEmbedder, Memory, ModelNotAvailable
+from memr1 import IncompatibleBank, LlamaEmbedder, Memory, ModelNotAvailable, ModelOutputError
+from memr1.llm import LlamaCpp
 from memr1.models import parse_ref, resolve
 
 
@@ -58,6 +64,10 @@ def test_hub_cache_is_used_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     path = resolve("memr1-test/tiny/tiny.gguf")
     assert path.read_bytes() == tiny_embedder.read_bytes()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert resolve(f"memr1-test/tiny/tiny.gguf@sha256:{digest}") == path  # hub references take pins too
+    with pytest.raises(ModelNotAvailable, match="refusing to load"):
+        resolve(f"hf://memr1-test/tiny/tiny.gguf@sha256:{'1' * 64}")
 
 
 def test_sha256_pin_accepts_the_right_file_and_refuses_another(tiny_embedder: Path) -> None:
@@ -99,3 +109,154 @@ def test_a_corrupt_gguf_is_a_clear_error(tmp_path: Path, tiny_embedder: Path) ->
     bad.write_bytes(tiny_embedder.read_bytes()[:1000])
     with pytest.raises(ModelNotAvailable):
         Memory(tmp_path / "b.db", embedder=bad)
+
+
+# ---- untrusted model files: pins on every role, and corrupt files that must not take the process down ----
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_pin_refuses_another_file_for_every_role(tmp_path: Path, tiny_embedder: Path, tiny_chat: Path) -> None:
+    wrong = "0" * 64
+    with pytest.raises(ModelNotAvailable, match="refusing to load"):
+        Memory(tmp_path / "a.db", embedder=f"{tiny_embedder}@sha256:{wrong}")
+    with Memory(tmp_path / "b.db", embedder=tiny_embedder, manager=f"{tiny_chat}@sha256:{wrong}",
+                answerer=LlamaCpp(tiny_chat, sha256=wrong)) as mem:  # fmt: skip
+        mem.add("a fact")
+        before = mem.stats()
+        for call in (lambda: mem.observe("hello"), lambda: mem.ask("a fact?")):
+            with pytest.raises(ModelNotAvailable, match="refusing to load"):
+                call()
+        assert mem.stats() == before
+    pinned = {"embedder": f"{tiny_embedder}@sha256:{_sha(tiny_embedder)}",
+              "manager": LlamaCpp(tiny_chat, sha256=_sha(tiny_chat).upper(), retries=0, max_tokens=16, slot="pin")}  # fmt: skip
+    with Memory(tmp_path / "c.db", **pinned) as mem:
+        try:
+            mem.observe("hello")
+        except ModelOutputError:  # the random-weight model may refuse; the file was accepted and loaded
+            pass
+        assert mem.usage["llm_calls"] == 1
+    assert LlamaEmbedder(tiny_embedder, sha256=_sha(tiny_embedder)).dim == 32
+
+
+@pytest.mark.parametrize(
+    ("ref", "sha256", "message"),
+    [("{e}@sha256:abc", None, "64 hex digits"), ("{e}@sha256:", None, "64 hex digits"), ("{e}", "xyz", "64 hex digits"),
+     ("{e}@sha256:{good}", "0" * 64, "two different"), ("", None, "non-empty"), ("a\x00b.gguf", None, "non-empty")],
+)  # fmt: skip
+def test_malformed_pins_are_refused_never_ignored(tiny_embedder: Path, ref: str, sha256, message: str) -> None:
+    ref = ref.format(e=tiny_embedder, good=_sha(tiny_embedder))
+    with pytest.raises(ModelNotAvailable, match=message):
+        resolve(ref, sha256=sha256)
+
+
+def test_a_pinned_file_changed_in_place_is_caught(tmp_path: Path, tiny_embedder: Path) -> None:
+    """Same size, mtime set back: the verified-digest cache must not vouch for the new bytes."""
+    model = tmp_path / "m.gguf"
+    model.write_bytes(tiny_embedder.read_bytes())
+    digest = _sha(model)
+    assert resolve(f"{model}@sha256:{digest}") == model
+    st = model.stat()
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF
+    model.write_bytes(bytes(data))
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert model.stat().st_size == st.st_size and model.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(ModelNotAvailable, match="refusing to load"):
+        resolve(f"{model}@sha256:{digest}")
+
+
+def _mutated(src: Path, dst: Path, change) -> Path:
+    from gguf import GGUFReader
+
+    shutil.copy(src, dst)
+    reader = GGUFReader(str(dst), "r+")
+    change(reader)
+    reader.data.flush()
+    del reader
+    return dst
+
+
+def _set(name: str, value):
+    def change(reader) -> None:
+        field = reader.fields[name]
+        part = field.parts[field.data[0]]
+        part[0] = np.array(value).astype(part.dtype)
+
+    return change
+
+
+def _repeat_token(reader) -> None:  # token 1 spelled like token 0: llama.cpp asserts on its vocabulary
+    field = reader.fields["tokenizer.ggml.tokens"]
+    first, second = field.parts[field.data[0]], field.parts[field.data[1]]
+    second[:] = first
+
+
+def _break_template(reader) -> None:
+    field = reader.fields["tokenizer.chat_template"]
+    part = field.parts[field.data[0]]
+    text = bytes(part).replace(b"endfor", b"endfxr")
+    part[:] = np.frombuffer(text, dtype=part.dtype)
+
+
+def _retype(name: str):
+    def change(reader) -> None:
+        tensor = next(t for t in reader.tensors if t.name == name)
+        tensor.field.parts[4][0] = 1  # F16: half the bytes the shape needs, and a type llama.cpp cannot add
+
+    return change
+
+
+CHILD = """
+import json, sys
+from memr1 import LlamaEmbedder, MemR1Error, prompts
+from memr1.llm import LlamaCpp
+for line in sys.stdin:
+    role, path = json.loads(line)
+    try:
+        if role == "embedder":
+            LlamaEmbedder(path).embed(["hello world"])
+        else:
+            LlamaCpp(path, retries=0, max_tokens=8).complete(
+                [{"role": "user", "content": "hi"}], prompts.ANSWER_SCHEMA, parse=lambda raw: raw)
+        print(json.dumps([path, "loaded", ""]), flush=True)
+    except MemR1Error as e:
+        print(json.dumps([path, type(e).__name__, str(e)]), flush=True)
+    except Exception as e:
+        print(json.dumps([path, "not a memr1 error: " + type(e).__name__, str(e)]), flush=True)
+"""
+
+
+def test_corrupt_and_truncated_files_are_a_clear_error_not_a_crash(tmp_path: Path, tiny_embedder: Path,
+                                                                   tiny_chat: Path) -> None:  # fmt: skip
+    """Each file below made llama.cpp abort() the process, hang, or raise a foreign error before memr1 vetted
+    model files. Loading runs in a child here, so that a regression fails this test instead of killing pytest."""
+    emb, chat = tiny_embedder.read_bytes(), tiny_chat.read_bytes()
+    raw = {"empty": b"", "magic only": b"GGUF", "not a GGUF": b"hello " * 200, "truncated header": emb[:500],
+           "truncated tensors": emb[: len(emb) // 2], "last byte missing": chat[:-1]}  # fmt: skip
+    cases: list[tuple[str, str, Path, str]] = []
+    for i, (name, data) in enumerate(raw.items()):
+        (tmp_path / f"raw{i}.gguf").write_bytes(data)
+        cases.append((name, "embedder" if i % 2 == 0 else "manager", tmp_path / f"raw{i}.gguf", "GGUF"))
+    for name, role, src, change, expect in [
+        ("repeated vocabulary entry", "manager", tiny_chat, _repeat_token, "repeats a token"),
+        ("repeated vocabulary entry", "embedder", tiny_embedder, _repeat_token, "repeats a token"),
+        ("zero layers", "manager", tiny_chat, _set("llama.block_count", 0), "SIGABRT"),
+        ("negative norm epsilon", "manager", tiny_chat, _set("llama.attention.layer_norm_rms_epsilon", -1.0), "SIGABRT"),
+        ("unknown pooling type", "embedder", tiny_embedder, _set("bert.pooling_type", 99), "SIGABRT"),
+        ("bias retyped to F16", "embedder", tiny_embedder, _retype("blk.0.attn_output_norm.bias"), "llama.cpp"),
+        ("broken chat template", "manager", tiny_chat, _break_template, "emplate"),
+    ]:  # fmt: skip
+        cases.append((name, role, _mutated(src, tmp_path / f"m{len(cases)}.gguf", change), expect))
+    env = {**os.environ, "MEMR1_CACHE_DIR": str(tmp_path / "cache")}
+    lines = "".join(json.dumps([role, str(path)]) + "\n" for _, role, path, _ in cases)
+    child = subprocess.run([sys.executable, "-c", CHILD], input=lines, capture_output=True, text=True, env=env,
+                           timeout=600)  # fmt: skip
+    assert child.returncode == 0, f"the process died ({child.returncode}): {child.stderr[-2000:]}"
+    results = {path: (kind, message) for path, kind, message in map(json.loads, child.stdout.splitlines())}
+    assert len(results) == len(cases)
+    for name, role, path, expect in cases:
+        kind, message = results[str(path)]
+        assert kind == "ModelNotAvailable" and expect in message, (name, role, kind, message)

@@ -5,6 +5,7 @@ from .embedding import DEFAULT_EMBEDDER, Embedder, LlamaEmbedder
 from .errors import (
     BankBusy,
     BankError,
+    Conflict,
     ExtensionUnavailable,
     IncompatibleBank,
     InvalidInput,
@@ -22,6 +23,7 @@ __all__ = [
     "Answer",
     "BankBusy",
     "BankError",
+    "Conflict",
     "Embedder",
     "ExtensionUnavailable",
     "HistoryEntry",

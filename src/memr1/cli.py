@@ -255,15 +255,18 @@ def ingest(db: str, embedder: str | None, as_json: bool, path: str, user: str, m
 
 
 def _read_turns(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise click.BadParameter(f"cannot read {path} as UTF-8 text: {e}") from None
     try:
         data = json.loads(text)
         rows = data if isinstance(data, list) else [data]
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         try:
             rows = [json.loads(line) for line in text.split("\n") if line.strip()]
-        except json.JSONDecodeError as e:
-            raise click.BadParameter(f"{path} is neither JSON nor JSONL: {e}") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise click.BadParameter(f"{path} is neither JSON nor JSONL: {str(e)[:200]}") from None
     if not all(isinstance(r, dict) and isinstance(r.get("text"), str) for r in rows):
         raise click.BadParameter(f"{path}: every turn must be an object with a 'text' string")
     allowed = {"text", "speaker", "at", "session", "user", "metadata"}

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .errors import ModelNotAvailable
-from .models import gguf_header, parse_ref, resolve
+from .models import file_identity, gguf_header, parse_ref, probe, resolve
 
 # bge-small-en-v1.5 (BAAI, MIT): 384-d, 33M parameters, ~36 MB at Q8_0; strong for its size.
 DEFAULT_EMBEDDER = "ChristianAzinn/bge-small-en-v1.5-gguf/bge-small-en-v1.5.Q8_0.gguf"
@@ -53,6 +53,8 @@ def shared_llama(path: Path, *, slot: str = "", **kwargs: Any) -> tuple[Any, thr
     key = (str(path.resolve()), slot, tuple(sorted(kwargs.items())))
     with _loaded_lock:
         if key not in _loaded:
+            header(path)  # gguf-py's checks, then llama.cpp's, in a throwaway process: never abort() this one
+            probe(path, embedding=bool(kwargs.get("embedding")))
             try:
                 from llama_cpp import Llama
             except ImportError as e:  # pragma: no cover - a hard dependency
@@ -66,12 +68,13 @@ def shared_llama(path: Path, *, slot: str = "", **kwargs: Any) -> tuple[Any, thr
 
 
 @functools.lru_cache(maxsize=32)
-def _header(path: str, mtime_ns: int) -> dict[str, object]:
+def _header(path: str, identity: tuple[int, ...]) -> dict[str, object]:
     return gguf_header(Path(path))
 
 
 def header(path: Path) -> dict[str, object]:
-    return _header(str(path.resolve()), path.stat().st_mtime_ns)
+    """The file's metadata, once it passed the malformed-file check; cached while the file is unchanged."""
+    return _header(str(path.resolve()), file_identity(path))
 
 
 class LlamaEmbedder:
@@ -82,8 +85,10 @@ class LlamaEmbedder:
     """
 
     def __init__(self, model: str | os.PathLike[str] = DEFAULT_EMBEDDER, *, n_threads: int | None = None,
-                 batch_size: int = 32, query_prefix: str = "") -> None:  # fmt: skip
+                 batch_size: int = 32, query_prefix: str = "", sha256: str | None = None) -> None:  # fmt: skip
+        """`sha256` pins the file, as `model@sha256:<hex>` does: a mismatch refuses to load it."""
         self.ref = os.fspath(model)
+        self.sha256 = sha256
         self.n_threads = n_threads
         self.batch_size = batch_size
         self.query_prefix = query_prefix
@@ -93,7 +98,7 @@ class LlamaEmbedder:
     @property
     def path(self) -> Path:
         if self._path is None:
-            self._path = resolve(self.ref)
+            self._path = resolve(self.ref, sha256=self.sha256)
         return self._path
 
     def _metadata(self) -> dict[str, object]:

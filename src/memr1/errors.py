@@ -27,7 +27,11 @@ class IncompatibleBank(BankError):
 
 
 class BankBusy(BankError):
-    """Another writer held the bank for longer than the busy timeout."""
+    """Contention: another writer held the bank past the busy timeout. Nothing was written; retry."""
+
+
+class Conflict(BankBusy):
+    """Concurrent writers kept changing the memories a decision was based on. Nothing was written; retry."""
 
 
 class ExtensionUnavailable(BankError):
@@ -35,11 +39,15 @@ class ExtensionUnavailable(BankError):
 
 
 class ModelNotAvailable(MemR1Error):
-    """A model could be neither found locally nor downloaded."""
+    """A model could not be found, downloaded, verified against its pin, or loaded (corrupt or unsupported file)."""
 
 
 class ModelOutputError(MemR1Error):
-    """A model kept producing output that does not fit the schema."""
+    """A model kept producing output that does not fit the schema; `reasons` says why, per attempt."""
+
+    def __init__(self, message: str, *, reasons: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = reasons or []
 
 
 class PromptTooLong(ModelOutputError):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .embedding import header, shared_llama
-from .errors import ModelNotAvailable, ModelOutputError, PromptTooLong
+from .errors import InvalidInput, ModelNotAvailable, ModelOutputError, PromptTooLong
 from .models import resolve
 from .prompts import OutputRejected
 
@@ -34,6 +34,7 @@ _CHATML = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 _SLOT = "\ue000memr1-{}\ue001"  # private-use code points: never part of a chat template
+MIN_CONTEXT = 512  # below this no agent prompt fits, and llama-cpp-python mis-sizes its buffers
 
 
 @dataclass
@@ -70,7 +71,8 @@ def retry_until_parsed(name: str, retries: int, attempt: Callable[[int], tuple[s
             log.warning("%s: output rejected (attempt %d of %d): %s", name, i + 1, retries + 1, e)
             continue
         return Completion(value, text, prompt, completion, time.perf_counter() - start, i + 1)
-    raise ModelOutputError(f"{name} gave unusable output {retries + 1} times; last: {reasons[-1]}")
+    log.error("%s: refused after %d unusable outputs; nothing was written", name, retries + 1)
+    raise ModelOutputError(f"{name} gave unusable output {retries + 1} times; last: {reasons[-1]}", reasons=reasons)
 
 
 class LlamaCpp:
@@ -85,8 +87,16 @@ class LlamaCpp:
 
     def __init__(self, model: str | os.PathLike[str] = DEFAULT_CHAT_MODEL, *, n_ctx: int | None = None,
                  max_ctx: int = 8192, n_threads: int | None = None, n_gpu_layers: int = 0, seed: int = 0,
-                 temperature: float = 0.0, retries: int = 2, reuse_prefix: bool = True, slot: str = "") -> None:  # fmt: skip
+                 temperature: float = 0.0, retries: int = 2, reuse_prefix: bool = True, slot: str = "",
+                 max_tokens: int | None = None, sha256: str | None = None) -> None:  # fmt: skip
+        """`max_tokens` caps what each agent asks for; `sha256` pins the file (as `model@sha256:<hex>` does)."""
+        if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):  # llama.cpp: 0 = no limit
+            raise InvalidInput(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+        for name, value in (("n_ctx", n_ctx), ("max_ctx", max_ctx)):
+            if value is not None and (type(value) is not int or value < MIN_CONTEXT):
+                raise InvalidInput(f"{name} must be an int of at least {MIN_CONTEXT} tokens, got {value!r}")
         self.ref = os.fspath(model)
+        self.max_tokens, self.sha256 = max_tokens, sha256
         self.n_ctx, self.max_ctx, self.n_threads, self.n_gpu_layers = n_ctx, max_ctx, n_threads, n_gpu_layers
         self.seed, self.temperature, self.retries, self.reuse_prefix, self.slot = (
             seed,
@@ -102,7 +112,7 @@ class LlamaCpp:
     @property
     def path(self) -> Path:
         if self._path is None:
-            self._path = resolve(self.ref)
+            self._path = resolve(self.ref, sha256=self.sha256)
         return self._path
 
     def context_length(self) -> int:
@@ -111,18 +121,26 @@ class LlamaCpp:
             return self.n_ctx
         meta = header(self.path)
         trained = int(meta.get(f"{meta.get('general.architecture')}.context_length", 4096))  # type: ignore[call-overload]
+        if trained < MIN_CONTEXT:  # a corrupt or nonsensical field
+            raise ModelNotAvailable(f"{self.ref!r} declares a {trained}-token context; agents need {MIN_CONTEXT}")
         return min(trained, self.max_ctx)
 
     def _llama(self) -> tuple[Any, threading.Lock]:
+        # No seed here: every completion passes its own, and a seed in the key would load a fresh context
+        # (and re-evaluate the whole prompt, and keep the old one in memory) each time the seed changes.
         return shared_llama(self.path, slot=self.slot, n_ctx=self.context_length(), n_threads=self.n_threads,
-                            n_gpu_layers=self.n_gpu_layers, seed=self.seed)  # fmt: skip
+                            n_gpu_layers=self.n_gpu_layers)  # fmt: skip
 
     def _template(self, llm: Any) -> Any:
+        """The model file's chat template, compiled in a sandbox: it is data from an untrusted file."""
         if self._compiled is None:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
 
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            self._compiled = env.from_string(llm.metadata.get("tokenizer.chat_template") or _CHATML)
+            try:
+                self._compiled = env.from_string(llm.metadata.get("tokenizer.chat_template") or _CHATML)
+            except Exception as e:
+                raise ModelNotAvailable(f"chat template of {self.ref!r} does not compile: {e}") from None
         return self._compiled
 
     def _grammar(self, schema: dict[str, Any]) -> Any:
@@ -144,9 +162,14 @@ class LlamaCpp:
         bos = vocab_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
         eos = vocab_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
         slots = [{"role": m["role"], "content": _SLOT.format(i)} for i, m in enumerate(messages)]
-        rendered = self._template(llm).render(
-            messages=slots, add_generation_prompt=True, bos_token=bos, eos_token=eos, raise_exception=fail
-        )
+        try:
+            rendered = self._template(llm).render(
+                messages=slots, add_generation_prompt=True, bos_token=bos, eos_token=eos, raise_exception=fail
+            )
+        except ModelNotAvailable:
+            raise
+        except Exception as e:
+            raise ModelNotAvailable(f"chat template of {self.ref!r} fails to render: {e}") from None
         out: list[int] = []
         for i, message in enumerate(messages):
             before, sep, rendered = rendered.partition(_SLOT.format(i))
@@ -159,6 +182,9 @@ class LlamaCpp:
     def complete(self, messages: Sequence[dict[str, str]], schema: dict[str, Any], *, parse: Callable[[Any], T],
                  max_tokens: int = 512) -> Completion:  # fmt: skip
         started = time.perf_counter()
+        max_tokens = min(max_tokens, self.max_tokens or max_tokens)
+        if max_tokens < 1:
+            raise InvalidInput(f"max_tokens must be at least 1, got {max_tokens}")  # llama.cpp reads 0 as unbounded
         llm, lock = self._llama()
         grammar = self._grammar(schema)
         prompt = self.tokens(messages)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -17,7 +19,7 @@ from pydantic import ValidationError
 
 from . import prompts, retrieval
 from .embedding import DEFAULT_EMBEDDER, Embedder, LlamaEmbedder
-from .errors import InvalidInput, PromptTooLong
+from .errors import Conflict, InvalidInput, PromptTooLong
 from .llm import LLM, Completion, as_llm
 from .schema import (
     Answer,
@@ -27,6 +29,7 @@ from .schema import (
     Operation,
     Turn,
     check_id,
+    check_label,
     check_metadata,
     check_text,
     check_user,
@@ -39,6 +42,7 @@ from .store import DEFAULT_BUSY_TIMEOUT_MS, Change, Store
 log = logging.getLogger("memr1")
 DEFAULT_USER = "default"
 EXPORT_VERSION = 1
+OBSERVE_ATTEMPTS = 5  # a turn re-decided on fresh memories when concurrent writers changed the ones it touches
 
 
 class Memory:
@@ -57,6 +61,15 @@ class Memory:
         """Open (or create) a bank. Models are GGUF paths or `owner/repo/file.gguf` hub references,
         resolved and loaded on first use; with `base_url`, manager/answerer name models on an
         OpenAI-compatible server instead."""
+        if not _is_number(busy_timeout) or not 0 <= busy_timeout <= 86_400:
+            raise InvalidInput(f"busy_timeout must be a number of seconds from 0 to 86400, got {busy_timeout!r}")
+        if isinstance(related_k, bool) or not isinstance(related_k, int) or not 0 <= related_k <= 1000:
+            raise InvalidInput(f"related_k must be an int from 0 to 1000, got {related_k!r}")
+        for role, spec in (("embedder", embedder), ("manager", manager), ("answerer", answerer)):
+            if spec is not None and not isinstance(spec, (str, os.PathLike, Embedder, LLM)):
+                raise InvalidInput(
+                    f"{role} must be a model path, a reference or an instance, not {type(spec).__name__}"
+                )
         self.store = Store(path, busy_timeout_ms=int(busy_timeout * 1000))
         self._manager_spec = manager or os.environ.get("MEMR1_MANAGER") or None
         self._answerer_spec = answerer or os.environ.get("MEMR1_ANSWERER") or None
@@ -155,6 +168,9 @@ class Memory:
     def list(self, *, user: str | None = DEFAULT_USER, limit: int | None = None, offset: int = 0,
              filters: dict[str, Any] | None = None) -> list[MemoryItem]:  # fmt: skip
         """Memories oldest first; `user=None` lists every user's."""
+        for name, value in (("limit", limit), ("offset", offset)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62):
+                raise InvalidInput(f"{name} must be a non-negative int, got {value!r}"[:200])
         return self.store.list(check_user(user) if user is not None else None, limit=limit, offset=offset,
                                filters=_check_filters(filters))  # fmt: skip
 
@@ -184,20 +200,33 @@ class Memory:
     def export(self, path: str | os.PathLike[str], *, user: str | None = None) -> int:
         """Write turns, memories and their history as JSON lines; returns memories written."""
         user = check_user(user) if user is not None else None
-        count = 0
-        tmp = Path(f"{os.fspath(path)}.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            header = {"type": "memr1-export", "version": EXPORT_VERSION, "embedder": self.store.meta().get("embedder")}
-            f.write(json.dumps(header) + "\n")
-            for row in self.store.export_rows(user):
-                count += row["type"] == "memory"
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tmp.replace(path)  # never leave a half-written export under the real name
+        target = _file_path(path, "export path")
+        if target.is_dir():
+            raise InvalidInput(f"cannot export to {target}: it is a directory")
+        count, embedder = 0, self.store.meta().get("embedder")
+        try:  # a unique temporary file, renamed into place: never a half-written export under the real name
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        except OSError as e:
+            raise InvalidInput(f"cannot write an export next to {target}: {e}") from None
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps({"type": "memr1-export", "version": EXPORT_VERSION, "embedder": embedder}) + "\n")
+                for row in self.store.export_rows(user):
+                    count += row["type"] == "memory"
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            tmp.replace(target)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise InvalidInput(f"cannot write {target}: {e}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return count
 
     def import_jsonl(self, path: str | os.PathLike[str]) -> int:
         """Import an export; every line is validated first, then all is written in one transaction."""
-        turns, memories, history = _read_export(Path(path))
+        turns, memories, history = _read_export(_file_path(path, "import path"))
         vectors = self._embed([m["text"] for m in memories]) if memories else np.zeros((0, 1), np.float32)
         rows = [(m, vectors[i].tobytes()) for i, m in enumerate(memories)]
         return self.store.import_rows(turns, rows, history)
@@ -207,6 +236,11 @@ class Memory:
     def sqlite_info(self) -> dict[str, Any]:
         """Which SQLite driver, SQLite and sqlite-vec versions this bank runs on."""
         return self.store.sqlite_info()
+
+    def check(self) -> list[str]:
+        """Problems with the bank, [] when healthy: SQLite's integrity check, and FTS5, vectors, memories
+        and history agreeing (no memory without its vector, no vector without its memory)."""
+        return self.store.check()
 
     def stats(self) -> dict[str, Any]:
         meta = self.store.meta()
@@ -268,50 +302,68 @@ class Memory:
 
         One constrained LLM call per turn. Related memories are shown under small ids; ops naming
         any other id are dropped and logged. If the model's output stays unusable after retries,
-        ModelOutputError is raised and nothing is written, not even the turn.
+        ModelOutputError is raised and nothing is written, not even the turn. If another writer changes
+        or deletes a memory the decision updates or deletes before it is applied, the decision is
+        stale: the turn is decided again on fresh memories, and after OBSERVE_ATTEMPTS tries Conflict
+        is raised, again with nothing written.
         """
-        if isinstance(turn, list):
-            return [op for t in turn for op in self.observe(t)]
+        if isinstance(turn, list):  # plain strings take this call's speaker, user, ...; Turns keep their own
+            return [op for t in turn for op in self.observe(t, speaker=speaker, at=at, session=session, user=user,
+                                                            metadata=metadata)]  # fmt: skip
         if isinstance(turn, str):
             turn = _make_turn(text=turn, speaker=speaker, at=at, session=session, user=user, metadata=metadata)
         elif not isinstance(turn, Turn):
             raise InvalidInput(f"turn must be a Turn, a str or a list of Turn, got {type(turn).__name__}")
         text, user = check_text(turn.text, "turn text"), check_user(turn.user)
-        related = self.search(text, self.related_k, user=user)
-        completion = self._consult(
-            self.manager, related, prompts.MANAGER_SCHEMA, prompts.parse_manager, max_tokens=768,
-            build=lambda shown: prompts.manager_messages(text, speaker=turn.speaker, at=turn.at,
-                                                         session=turn.session, memories=shown),
-        )  # fmt: skip
-        plan: prompts.ManagerPlan = completion.value
-        previous = {h.memory.id: h.memory.text for h in related}
-        new_texts = [op.text for op in plan.ops if op.event in ("ADD", "UPDATE")]
-        vectors = iter(self._embed(new_texts)) if new_texts else iter(())
-        moment = timestamp(turn.at or utcnow())
-        changes = [
-            Change(
-                op.event,
-                user,
-                memory_id=op.memory_id,
-                text=op.text or None,
-                at=turn.at,
-                at_ts=moment,
-                vector=next(vectors).tobytes() if op.event in ("ADD", "UPDATE") else None,
+        row = {"user": user, "text": text, "speaker": check_label(turn.speaker, "speaker"),
+               "session": check_label(turn.session, "session"), "at": turn.at,
+               "metadata": check_metadata(turn.metadata)}  # fmt: skip
+        attempt = 0
+        while True:
+            attempt += 1
+            # Optimistic concurrency: the model decides on a snapshot, and the write refuses any UPDATE or
+            # DELETE whose memory changed since; then the turn is decided again on fresh memories.
+            related = self.search(text, self.related_k, user=user) if self.related_k else []
+            completion = self._consult(
+                self.manager, related, prompts.MANAGER_SCHEMA, prompts.parse_manager, max_tokens=768,
+                build=lambda shown: prompts.manager_messages(text, speaker=turn.speaker, at=turn.at,
+                                                             session=turn.session, memories=shown),
             )  # fmt: skip
-            for op in plan.ops
-        ]
-        row = {"user": user, "text": text, "speaker": turn.speaker, "session": turn.session, "at": turn.at,
-               "metadata": turn.metadata}  # fmt: skip
-        items = self.store.apply(changes, actor="manager", turn=row)
-        return [
-            Operation(
-                kind=op.event,
-                memory_id=item.id if item else op.memory_id,  # type: ignore[arg-type]
-                text=item.text if item else None,
-                previous=previous.get(op.memory_id),
-            )  # fmt: skip
-            for op, item in zip(plan.ops, items, strict=True)
-        ]
+            plan: prompts.ManagerPlan = completion.value
+            seen = {h.memory.id: h.memory for h in related}
+            new_texts = [op.text for op in plan.ops if op.event in ("ADD", "UPDATE")]
+            vectors = iter(self._embed(new_texts)) if new_texts else iter(())
+            moment = timestamp(turn.at or utcnow())
+            changes = [
+                Change(
+                    op.event,
+                    user,
+                    memory_id=op.memory_id,
+                    text=op.text or None,
+                    at=turn.at,
+                    at_ts=moment,
+                    vector=next(vectors).tobytes() if op.event in ("ADD", "UPDATE") else None,
+                    seen=seen.get(op.memory_id) if op.memory_id is not None else None,
+                )  # fmt: skip
+                for op in plan.ops
+            ]
+            try:
+                items = self.store.apply(changes, actor="manager", turn=row)
+            except Conflict as e:
+                if attempt == OBSERVE_ATTEMPTS:
+                    raise Conflict(f"{e}, {attempt} times in a row; nothing was written. Retry the turn") from None
+                log.info("observe: %s; deciding the turn again (attempt %d)", e, attempt + 1)
+                time.sleep(random.uniform(0, 0.01 * attempt))  # writers that collided should not collide again
+                continue
+            return [
+                Operation(
+                    kind=op.event,
+                    memory_id=item.id if item else op.memory_id,  # type: ignore[arg-type]
+                    text=item.text if item else None,
+                    previous=seen[op.memory_id].text if op.memory_id in seen else None,
+                )  # fmt: skip
+                for op, item in zip(plan.ops, items, strict=True)
+            ]
 
     def observe_many(self, turns: Iterable[Turn | dict[str, Any]], *, user: str = DEFAULT_USER,
                      progress: bool = True) -> list[Operation]:  # fmt: skip
@@ -323,6 +375,8 @@ class Memory:
         for turn in tqdm(turns, desc="observe", unit="turn", disable=not progress):
             if isinstance(turn, dict):
                 turn = _make_turn(**{"user": user, **turn})
+            elif isinstance(turn, str):
+                turn = _make_turn(text=turn, user=user)
             ops += self.observe(turn)
         return ops
 
@@ -358,10 +412,24 @@ class Memory:
 def _make_turn(**fields: Any) -> Turn:
     fields["at"] = parse_time(fields.get("at"))
     fields["metadata"] = check_metadata(fields.get("metadata"))
+    fields["speaker"] = check_label(fields.get("speaker"), "speaker")
+    fields["session"] = check_label(fields.get("session"), "session")
     try:
         return Turn(**fields)
     except ValidationError as e:
         raise InvalidInput(f"bad turn: {_first_error(e)}") from None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _file_path(path: object, what: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+        raise InvalidInput(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
+    if "\x00" in os.fspath(path) or not os.fspath(path).strip():
+        raise InvalidInput(f"{what} must be a non-empty path without NUL, got {os.fspath(path)!r}"[:200])
+    return Path(path)
 
 
 def _check_filters(filters: object) -> dict[str, Any] | None:
@@ -388,6 +456,10 @@ def _read_export(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError("not a JSON object")
+            try:  # a '\\ud800' escape decodes to a lone surrogate, which SQLite cannot store as UTF-8
+                json.dumps(row, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string holds a lone surrogate code point") from None
             kind = row.pop("type", None)
             if kind == "memr1-export":
                 if row.get("version") != EXPORT_VERSION:
@@ -398,17 +470,19 @@ def _read_export(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
                 memories.append(_memory_row(item))
             elif kind == "history":
                 entry = HistoryEntry(id=0, **row)
+                check_user(entry.user)
                 history.append(entry.model_dump(mode="json"))
             elif kind == "turn":
                 check_text(row.get("text"), "turn text"), check_user(row.get("user"))
                 check_metadata(row.get("metadata"))
+                check_label(row.get("speaker"), "speaker"), check_label(row.get("session"), "session")
                 row["at"] = _iso(parse_time(row.get("at")))
                 row["created_at"] = _iso(parse_time(row.get("created_at"), "created_at"))
                 turns.append({k: row.get(k) for k in ("id", "user", "session", "speaker", "text", "at", "created_at")}
                              | {"metadata": row.get("metadata") or {}})  # fmt: skip
             else:
                 raise ValueError(f"unknown line type {kind!r}")
-        except (ValueError, TypeError, ValidationError, InvalidInput) as e:
+        except (ValueError, TypeError, ValidationError, InvalidInput, RecursionError) as e:
             detail = str(e).splitlines()[0] if not isinstance(e, ValidationError) else _first_error(e)
             raise InvalidInput(f"{path}, line {number}: {detail}; nothing was imported") from None
     return turns, memories, history

@@ -1,7 +1,14 @@
-"""Turn a model reference into a local GGUF file; never loads weights.
+"""Turn a model reference into a local GGUF file, and vet the file before llama.cpp loads it in process.
 
 A reference is a local path, or `owner/repo/path/in/repo.gguf` (optionally `hf://`-prefixed)
 on the Hugging Face hub. Either may end in `@sha256:<hex>` to pin the exact file.
+
+llama.cpp answers many malformed files (a repeated vocabulary entry, an out-of-range layer count,
+an unknown pooling type, a tensor of an unexpected type, ...) with abort(), which would take the
+whole application down. So a file is first read by gguf-py (truncation and the commonest defects,
+with a precise message), then loaded and run once in a throwaway process (`probe`): only a file
+that survived both reaches llama.cpp in this process. A probe that passed is remembered on disk,
+per file identity, so each file costs one probe per machine.
 """
 
 from __future__ import annotations
@@ -9,18 +16,26 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelNotAvailable
 
 _PIN = re.compile(r"^(?P<ref>.+?)@sha256:(?P<digest>[0-9a-fA-F]{64})$")
-_verified: dict[tuple[str, int, int], str] = {}
+_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
+_verified: dict[tuple[int, ...], str] = {}
 _HUB_RETRY_AFTER_S = 60.0
 _hub_failed_at: float | None = None  # after a network failure, don't make every model wait out the retries
 _verified_lock = threading.Lock()
+_probed: set[tuple[object, ...]] = set()
+_ABORT = re.compile(r"\.(?:c|cc|cpp|h):\d+: ")
+PROBE_SECONDS = (60.0, 30.0)  # + per GB: reading a big model from a cold disk is slow; past that it hangs
 
 
 @dataclass(frozen=True)
@@ -38,9 +53,13 @@ class ModelRef:
 
 def parse_ref(ref: str | os.PathLike[str]) -> ModelRef:
     raw = os.fspath(ref)
+    if not isinstance(raw, str) or not raw.strip() or "\x00" in raw:
+        raise ModelNotAvailable(f"a model reference must be a non-empty path or owner/repo/file.gguf, got {raw!r}")
     text, digest = raw, None
     if match := _PIN.match(raw):
         text, digest = match["ref"], match["digest"].lower()
+    elif "@sha256:" in raw:  # a typo in a pin must not silently turn into an unpinned load
+        raise ModelNotAvailable(f"model {raw!r}: a pin is @sha256: followed by 64 hex digits")
     local = Path(text).expanduser()
     if text.startswith("hf://") or (not local.exists() and _looks_like_hub(text)):
         parts = text.removeprefix("hf://").split("/")
@@ -53,15 +72,31 @@ def _looks_like_hub(text: str) -> bool:
     return len(parts) >= 3 and not text.startswith((".", "/", "~")) and all(parts)
 
 
-def resolve(ref: str | os.PathLike[str]) -> Path:
-    """Return a local file for `ref`: the path itself, or the hub's cache (downloading if allowed)."""
+def resolve(ref: str | os.PathLike[str], *, sha256: str | None = None) -> Path:
+    """Return a local file for `ref`: the path itself, or the hub's cache (downloading if allowed).
+
+    A pin, `ref@sha256:<hex>` or `sha256=`, is checked before the file is returned: a mismatch refuses it.
+    """
     parsed = parse_ref(ref)
+    pin = parsed.sha256
+    if sha256 is not None:
+        if not isinstance(sha256, str) or not _DIGEST.match(sha256):
+            raise ModelNotAvailable(f"sha256 pin for {parsed.label!r} must be 64 hex digits, got {sha256!r}")
+        if pin is not None and pin != sha256.lower():
+            raise ModelNotAvailable(f"model {parsed.label!r} is pinned to two different sha256 digests")
+        pin = sha256.lower()
     path = parsed.path if parsed.path is not None else _from_hub(parsed)
     if not path.is_file():
         raise ModelNotAvailable(f"model {parsed.label!r}: no such file")
-    if parsed.sha256:
-        _check_digest(path, parsed.sha256, parsed.label)
+    if pin:
+        _check_digest(path, pin, parsed.label)
     return path
+
+
+def file_identity(path: Path) -> tuple[int, ...]:
+    """Changes whenever the file does: ctime cannot be set back by a user, unlike mtime."""
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _from_hub(ref: ModelRef) -> Path:
@@ -88,8 +123,7 @@ def _from_hub(ref: ModelRef) -> Path:
 
 
 def _check_digest(path: Path, expected: str, label: str) -> None:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = file_identity(path)
     with _verified_lock:
         actual = _verified.get(key)
     if actual is None:
@@ -105,13 +139,23 @@ def _check_digest(path: Path, expected: str, label: str) -> None:
 
 
 def gguf_header(path: Path) -> dict[str, object]:
-    """Read scalar metadata (architecture, name, sizes) without loading tensors."""
+    """Read scalar metadata (architecture, name, sizes) without loading tensors.
+
+    The file is checked first (see `_check_gguf`): llama.cpp aborts the whole process on some
+    malformed files instead of returning an error, so they must never reach it.
+    """
     from gguf import GGUFReader
 
     try:
         reader = GGUFReader(str(path))
     except Exception as e:
         raise ModelNotAvailable(f"{path} is not a readable GGUF file: {type(e).__name__}: {e}") from None
+    try:
+        problem = _check_gguf(reader, path.stat().st_size)
+    except Exception as e:  # a field of an unexpected type or shape is a malformed file too
+        problem = f"{type(e).__name__}: {e}"
+    if problem:
+        raise ModelNotAvailable(f"{path} is a malformed GGUF file ({problem}); refusing to load it")
     out: dict[str, object] = {}
     for name, fld in reader.fields.items():
         if len(fld.types) == 1:  # scalars and strings; skip arrays such as the vocabulary
@@ -120,3 +164,86 @@ def gguf_header(path: Path) -> dict[str, object]:
             except Exception:
                 continue
     return out
+
+
+def _check_gguf(reader: Any, size: int) -> str | None:
+    """Defects gguf-py sees cheaply, named precisely; llama.cpp aborts on the second (the probe catches the rest)."""
+    for tensor in reader.tensors:
+        if tensor.data_offset + tensor.n_bytes > size:
+            return f"tensor {tensor.name!r} runs past the end of the file: truncated"
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        pieces = [bytes(tokens.parts[i]) for i in tokens.data]
+        if len(set(pieces)) != len(pieces):  # GGML_ASSERT(id_to_token.size() == token_to_id.size())
+            return "the vocabulary repeats a token"
+    return None
+
+
+# ---- the probe: llama.cpp loads and runs the file once, in a process of its own ----
+
+_PROBE = """
+import sys
+from llama_cpp import Llama
+path, embedding = sys.argv[1], sys.argv[2] == "1"
+llm = Llama(model_path=path, embedding=embedding, n_ctx=64, n_batch=64, n_ubatch=64, n_threads=1,
+            n_gpu_layers=0, verbose=True)
+if embedding:
+    llm.embed("memr1 probe text")
+else:
+    llm.eval(llm.tokenize(b"memr1 probe text", add_bos=True, special=False)[:8])
+"""
+
+
+def probe(path: Path, *, embedding: bool) -> None:
+    """Refuse a file that crashes or hangs llama.cpp, by loading it (and computing once) in a child process."""
+    key = (*file_identity(path), embedding)
+    if key in _probed or os.environ.get("MEMR1_PROBE") == "0" or getattr(sys, "frozen", False) or not sys.executable:
+        return  # MEMR1_PROBE=0 trusts every file; a frozen app has no interpreter to run the probe with
+    marker = _marker(path, key)
+    if marker is not None and marker.exists():
+        _probed.add(key)
+        return
+    timeout = PROBE_SECONDS[0] + PROBE_SECONDS[1] * path.stat().st_size / 1e9
+    try:
+        # the child imports llama_cpp from where this process did; no gdb backtrace on abort (slow, noisy)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "GGML_NO_BACKTRACE": "1"}
+        done = subprocess.run([sys.executable, "-c", _PROBE, str(path), "1" if embedding else "0"], env=env,
+                              capture_output=True, text=True, errors="replace", timeout=timeout)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ModelNotAvailable(f"llama.cpp did not load and run {path} within {timeout:.0f}s; "
+                                "refusing it (a malformed file can make it hang)") from None  # fmt: skip
+    if done.returncode != 0:
+        raise ModelNotAvailable(f"llama.cpp cannot load {path}: {_why(done)}; refusing it "
+                                "(MEMR1_PROBE=0 skips this check for files you trust)")  # fmt: skip
+    _probed.add(key)
+    if marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass  # an unwritable cache only costs a probe next time
+
+
+def _why(done: subprocess.CompletedProcess[str]) -> str:
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    said = next((line for line in lines if _ABORT.search(line)), None)  # ggml_abort's "file.cpp:123: why"
+    said = said or next((line for line in reversed(lines) if "error" in line.lower()), None)
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        return f"it crashed the probe process with {name}" + (f" ({said[-300:]})" if said else "")
+    return (said or (lines[-1] if lines else f"exit status {done.returncode}"))[-300:]
+
+
+def _marker(path: Path, key: tuple[object, ...]) -> Path | None:
+    """Where a passed probe is remembered: keyed by the file's identity and the llama-cpp-python version."""
+    try:
+        from importlib.metadata import version
+
+        llama_version = version("llama-cpp-python")
+    except Exception:
+        return None
+    root = os.environ.get("MEMR1_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "memr1"
+    )
+    name = hashlib.sha256(repr((str(path.resolve()), key, llama_version)).encode()).hexdigest()
+    return Path(root) / "probed" / name

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -182,15 +183,25 @@ def _date(moment: datetime | None) -> str | None:
     return moment.strftime("%Y-%m-%d %H:%M") if moment else None
 
 
+# What json.dumps leaves raw but could read as structure: < and > (our markers, and chat-template tags such as
+# <|im_start|> or </s> that a server may parse as special tokens), and line breaks other than \n (U+2028, NEL).
+_UNSAFE = re.compile("[<>\x7f-\x9f\u2028\u2029]")
+
+
+def _json(value: Any) -> str:
+    """JSON with the characters above as \\u escapes: they only occur inside strings, so it decodes the same."""
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False))
+
+
 def _data(label: str, payload: Any) -> str:
     """Quote data as JSON between markers; json.dumps escapes quotes, newlines and control characters.
 
     Lists go one item per line: compact for the token budget, still easy for a model to scan.
     """
     if isinstance(payload, list):
-        body = "[\n" + ",\n".join(json.dumps(item, ensure_ascii=False) for item in payload) + "\n]"
+        body = "[\n" + ",\n".join(_json(item) for item in payload) + "\n]"
     else:
-        body = json.dumps(payload, ensure_ascii=False)
+        body = _json(payload)
     return f"<<<{label}\n{body}\n{label}>>>"
 
 

@@ -13,6 +13,10 @@ from .errors import InvalidInput
 
 MAX_TEXT_CHARS = 65_536  # a memory is a fact, not a document; bigger input is almost always a bug
 MAX_USER_CHARS = 256
+MAX_LABEL_CHARS = 256  # speaker and session names
+MAX_METADATA_BYTES = 65_536
+MAX_METADATA_DEPTH = 32  # SQLite's JSON functions call nesting past 1,000 malformed, which breaks every filtered query
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # SQLite integers; Python's are unbounded
 METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")  # allow-list: keys reach json_extract paths
 OpKind = Literal["ADD", "UPDATE", "DELETE", "NOOP"]
 
@@ -34,7 +38,7 @@ class MemoryItem(_Model):
 
 class Hit(_Model):
     memory: MemoryItem
-    score: float  # reciprocal-rank fusion of the two lists below
+    score: float  # the fused rank score (retrieval.Tuning): higher is better, comparable within one search
     vector_score: float | None = None  # cosine similarity, when the vector search found it
     text_score: float | None = None  # -bm25 (higher is better), when the word search found it
 
@@ -84,6 +88,15 @@ class Turn(_Model):
 # ---- validators: each raises InvalidInput with a message a user can act on ----
 
 
+def _unicode(text: str, what: str) -> str:
+    """Lone surrogates (from surrogateescape'd argv or a JSON '\\ud800') cannot be stored or embedded as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} contains a lone surrogate code point and is not valid Unicode text") from None
+    return text
+
+
 def check_text(text: object, what: str = "text") -> str:
     if not isinstance(text, str):
         raise InvalidInput(f"{what} must be a str, got {type(text).__name__}")
@@ -93,41 +106,81 @@ def check_text(text: object, what: str = "text") -> str:
         raise InvalidInput(f"{what} must not contain NUL characters")
     if len(text) > MAX_TEXT_CHARS:
         raise InvalidInput(f"{what} is {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
-    return text.strip()
+    return _unicode(text, what).strip()
 
 
 def check_user(user: object) -> str:
     if not isinstance(user, str) or not user.strip():
-        raise InvalidInput(f"user must be a non-empty str, got {user!r}")
+        raise InvalidInput(f"user must be a non-empty str, got {user!r}"[:200])
     if "\x00" in user or len(user) > MAX_USER_CHARS:
         raise InvalidInput(f"user must be at most {MAX_USER_CHARS} characters, without NUL")
-    return user
+    return _unicode(user, "user")
+
+
+def check_label(value: object, what: str) -> str | None:
+    """A speaker or session name: optional, short, printable text."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a str or None, got {type(value).__name__}")
+    if "\x00" in value or len(value) > MAX_LABEL_CHARS:
+        raise InvalidInput(f"{what} must be at most {MAX_LABEL_CHARS} characters, without NUL")
+    return _unicode(value, what)
 
 
 def check_id(memory_id: object) -> int:
-    if isinstance(memory_id, bool) or not isinstance(memory_id, int) or memory_id < 1:
-        raise InvalidInput(f"memory id must be a positive int, got {memory_id!r}")
+    if isinstance(memory_id, bool) or not isinstance(memory_id, int) or not 1 <= memory_id <= INT64_MAX:
+        raise InvalidInput(f"memory id must be a positive int, got {memory_id!r}"[:200])
     return memory_id
 
 
 def check_key(key: object) -> str:
     if not isinstance(key, str) or not METADATA_KEY.match(key):
-        raise InvalidInput(f"metadata key {key!r} is not allowed; use letters, digits, _ . - (max 64)")
+        raise InvalidInput(f"metadata key {key!r} is not allowed; use letters, digits, _ . - (max 64)"[:200])
     return key
 
 
 def check_metadata(metadata: object) -> dict[str, Any]:
+    """A dict that survives a JSON round trip unchanged, and that SQLite's JSON functions can always read."""
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
         raise InvalidInput(f"metadata must be a dict, got {type(metadata).__name__}")
     for key in metadata:
         check_key(key)
-    try:
-        json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise InvalidInput(f"metadata must be JSON-serialisable: {e}") from None
+    _check_json(metadata, "metadata")
+    size = len(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata is {size:,} bytes as JSON; the limit is {MAX_METADATA_BYTES:,}")
     return dict(metadata)
+
+
+def _check_json(value: object, where: str, depth: int = 0) -> None:
+    """Walk a JSON value without recursing past MAX_METADATA_DEPTH (json.dumps would raise RecursionError)."""
+    if depth > MAX_METADATA_DEPTH:
+        raise InvalidInput(f"{where} nests deeper than {MAX_METADATA_DEPTH} levels")
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidInput(f"{where} is an integer outside SQLite's 64-bit range")
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidInput(f"{where} must be a finite number, not {value}")
+    elif isinstance(value, str):
+        _unicode(value, where)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):  # json.dumps would turn 1 into "1": the data would not round-trip
+                raise InvalidInput(f"{where} has a {type(key).__name__} key {key!r}; JSON object keys are strings")
+            _unicode(key, f"a key in {where}")
+            _check_json(item, f"{where}.{key}"[:200], depth + 1)
+    else:
+        raise InvalidInput(f"{where} must be JSON (dict, list, str, int, float, bool or None), "
+                           f"not {type(value).__name__}")  # fmt: skip
 
 
 _LOCOMO_FORMATS = ("%I:%M %p on %d %B, %Y", "%I:%M %p on %d %b, %Y")
@@ -141,7 +194,7 @@ def parse_time(value: object, what: str = "at") -> datetime | None:
         return value
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day)
-    if isinstance(value, str) and value.strip():
+    if isinstance(value, str) and value.strip() and len(value) <= 64:
         text = value.strip()
         try:
             return datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -152,7 +205,7 @@ def parse_time(value: object, what: str = "at") -> datetime | None:
                 return datetime.strptime(text, fmt)
             except ValueError:
                 continue
-    raise InvalidInput(f"{what} must be a datetime or an ISO 8601 string, got {value!r}")
+    raise InvalidInput(f"{what} must be a datetime or an ISO 8601 string, got {value!r}"[:200])
 
 
 def timestamp(moment: datetime) -> float:

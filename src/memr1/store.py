@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlite_vec
 
-from .errors import BankBusy, BankError, ExtensionUnavailable, IncompatibleBank, InvalidInput, MemoryNotFound
+from .errors import BankBusy, BankError, Conflict, ExtensionUnavailable, IncompatibleBank, InvalidInput, MemoryNotFound
 from .schema import HistoryEntry, MemoryItem, check_key, utcnow
 
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
@@ -50,14 +50,17 @@ def _driver_module():
 
 
 def _is_busy(error: Exception) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+; the message otherwise
+    if code is not None:
+        return (code & 0xFF) in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED and their extended codes
     text = str(error).lower()
     return "locked" in text or "busy" in text
 
 
-def _busy_error(error: Exception, timeout_ms: int) -> BankBusy:
+def _busy_error(path: Path, error: Exception, timeout_ms: int) -> BankBusy:
     return BankBusy(
-        f"the bank stayed locked by another writer for {timeout_ms / 1000:.0f}s ({error}); "
-        "retry later, or raise busy_timeout= when many processes write at once"
+        f"{path} stayed locked by another writer for {timeout_ms / 1000:g}s ({error}); nothing was written. "
+        "Retry later, or open the bank with a longer Memory(..., busy_timeout=seconds) when many processes write at once"
     )
 
 
@@ -140,6 +143,7 @@ class Change:
     source_turns: list[int] = field(default_factory=list)
     created_at: str | None = None  # imports keep their original times
     updated_at: str | None = None
+    seen: MemoryItem | None = None  # the memory as a model was shown it: if it changed since, the change is stale
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -183,6 +187,12 @@ class Store:
     """One connection to one bank file, serialised by a lock (see Memory for the thread model)."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS):
+        if (
+            not isinstance(path, (str, os.PathLike))
+            or not isinstance(os.fspath(path), str)
+            or "\x00" in os.fspath(path)
+        ):
+            raise InvalidInput(f"a bank path must be a str or os.PathLike without NUL, got {path!r}"[:200])
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
         self.lock = threading.RLock()
@@ -193,7 +203,7 @@ class Store:
             self.conn = self._driver.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
             )
-        except self._driver.Error as e:
+        except (self._driver.Error, ValueError, UnicodeEncodeError) as e:
             raise BankError(f"cannot open {self.path}: {e}") from None
         try:
             self.conn.enable_load_extension(True)
@@ -207,7 +217,7 @@ class Store:
         except self._driver.DatabaseError as e:
             self.conn.close()
             if _is_busy(e):
-                raise _busy_error(e, busy_timeout_ms) from None
+                raise _busy_error(self.path, e, busy_timeout_ms) from None
             raise BankError(f"{self.path} is not a memr1 bank (or not an SQLite file): {e}") from None
         except Exception:
             self.conn.close()
@@ -216,40 +226,47 @@ class Store:
     # ---- transactions ----
 
     @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """No driver error reaches the caller: contention becomes BankBusy (saying what to do), the rest BankError."""
+        try:
+            yield
+        except self._driver.Error as e:
+            if _is_busy(e):
+                raise _busy_error(self.path, e, self.busy_timeout_ms) from None
+            raise BankError(f"{self.path}: {type(e).__name__}: {e}") from e
+
+    def _end(self, statement: str) -> None:
+        if self.conn.in_transaction:  # SQLite has already rolled back after some errors (full disk, I/O)
+            self.conn.execute(statement)
+
+    @contextmanager
     def write(self) -> Iterator[Any]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-        with self.lock:
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-            except self._driver.OperationalError as e:
-                if _is_busy(e):
-                    raise _busy_error(e, self.busy_timeout_ms) from None
-                raise
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception; waits at most busy_timeout for the lock."""
+        with self.lock, self._translated():
+            self.conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout, then SQLITE_BUSY: BankBusy
             try:
                 yield self.conn
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                self._end("ROLLBACK")
                 raise
             try:
                 self.conn.execute("COMMIT")
-            except self._driver.OperationalError as e:
-                self.conn.execute("ROLLBACK")
-                if _is_busy(e):
-                    raise _busy_error(e, self.busy_timeout_ms) from None
+            except BaseException:
+                self._end("ROLLBACK")
                 raise
 
     @contextmanager
     def read(self) -> Iterator[Any]:
         """A consistent snapshot across several SELECTs."""
-        with self.lock:
+        with self.lock, self._translated():
             self.conn.execute("BEGIN")
             try:
                 yield self.conn
             finally:
-                self.conn.execute("COMMIT")
+                self._end("COMMIT")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self.lock:
+        with self.lock, self._translated():
             return self.conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
@@ -352,7 +369,7 @@ class Store:
             conn.execute("INSERT INTO vec_memories (memory_id, embedding) VALUES (?, ?)", (mid, change.vector))
             self._history(conn, mid, change.user, "ADD", None, change.text, actor, turn_id, change.created_at or now)
             return self._get(conn, mid)
-        current = self._get(conn, change.memory_id, change.user)
+        current = self._current(conn, change)
         if change.kind == "UPDATE":
             metadata = {**current.metadata, **(change.metadata or {})}
             sources = current.source_turns + [t for t in change.source_turns if t not in current.source_turns]
@@ -379,6 +396,19 @@ class Store:
             self._history(conn, current.id, current.user, "DELETE", current.text, None, actor, turn_id, now)
             return None
         raise InvalidInput(f"unknown change kind {change.kind!r}")
+
+    def _current(self, conn: Any, change: Change) -> MemoryItem:
+        """The memory a change targets; a decision made on a version that has since changed is refused."""
+        try:
+            current = self._get(conn, change.memory_id, change.user)
+        except MemoryNotFound:
+            if change.seen is None:
+                raise
+            raise Conflict(f"memory {change.memory_id} was deleted by another writer after the model saw it") from None
+        seen = change.seen
+        if seen is not None and (current.updated_at, current.text) != (seen.updated_at, seen.text):
+            raise Conflict(f"memory {change.memory_id} was changed by another writer after the model saw it")
+        return current
 
     @staticmethod
     def _history(conn: Any, mid: int, user: str, kind: str, before: str | None, after: str | None,
@@ -474,7 +504,7 @@ class Store:
         return row_to_item(row)
 
     def get(self, memory_id: int, user: str | None = None) -> MemoryItem:
-        with self.lock:
+        with self.lock, self._translated():
             return self._get(self.conn, memory_id, user)
 
     def get_many(self, ids: Sequence[int]) -> dict[int, MemoryItem]:
@@ -544,8 +574,41 @@ class Store:
                 "history": one("SELECT count(*) FROM history"),
             }
 
+    def check(self) -> list[str]:
+        """What is wrong with the bank, if anything: [] when SQLite, FTS5, vec0, memories and history all agree.
+
+        Holds the write lock for a consistent view (FTS5's integrity check is written as an INSERT).
+        """
+        problems: list[str] = []
+        with self.write() as conn:
+            pages = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
+            problems += [f"integrity_check: {p}" for p in pages if p != "ok"][:20]
+            try:  # rank=1 also compares the index with the memories table it indexes
+                conn.execute("INSERT INTO fts_memories(fts_memories, rank) VALUES ('integrity-check', 1)")
+            except self._driver.DatabaseError as e:
+                problems.append(f"FTS index disagrees with the memories table: {e}")
+            memories = {mid: (user, text) for mid, user, text in conn.execute("SELECT id, user_id, text FROM memories")}
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'vec_memories'").fetchone():
+                vectors = {r[0] for r in conn.execute("SELECT memory_id FROM vec_memories")}
+                problems += [f"memory {m} has no vector" for m in sorted(memories.keys() - vectors)][:20]
+                problems += [f"vector {m} has no memory" for m in sorted(vectors - memories.keys())][:20]
+            elif memories:
+                problems.append(f"{len(memories)} memories but no vector table")
+            replayed = {}
+            for mid, user, kind, after in conn.execute(
+                "SELECT h.memory_id, h.user_id, h.kind, h.after FROM history h "
+                "JOIN (SELECT memory_id, max(id) AS last FROM history GROUP BY memory_id) l ON h.id = l.last"
+            ):
+                if kind != "DELETE":
+                    replayed[mid] = (user, after)
+            if replayed != memories:
+                wrong = sorted(m for m in replayed.keys() | memories.keys() if replayed.get(m) != memories.get(m))
+                problems += [f"memory {m} is {memories.get(m)!r} but its history replays to {replayed.get(m)!r}"
+                             for m in wrong[:20]]  # fmt: skip
+        return problems
+
     def sqlite_info(self) -> dict[str, Any]:
-        with self.lock:
+        with self.lock, self._translated():
             sqlite_version = self.conn.execute("SELECT sqlite_version()").fetchone()[0]
             vec_version = self.conn.execute("SELECT vec_version()").fetchone()[0]
         return {

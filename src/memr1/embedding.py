@@ -17,6 +17,7 @@ from .models import file_identity, gguf_header, parse_ref, probe, resolve
 
 # bge-small-en-v1.5 (BAAI, MIT): 384-d, 33M parameters, ~36 MB at Q8_0; strong for its size.
 DEFAULT_EMBEDDER = "ChristianAzinn/bge-small-en-v1.5-gguf/bge-small-en-v1.5.Q8_0.gguf"
+MAX_EMBED_CONTEXT = 8192  # tokens per text; longer texts are truncated
 
 
 @runtime_checkable
@@ -122,6 +123,7 @@ class LlamaEmbedder:
 
     def _llama(self) -> tuple[Any, threading.Lock]:
         ctx = int(self._metadata().get(f"{self._metadata()['general.architecture']}.context_length", 512))  # type: ignore[call-overload]
+        ctx = min(ctx, MAX_EMBED_CONTEXT)  # one batch holds a whole text: bound its buffers
         return shared_llama(self.path, embedding=True, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, n_threads=self.n_threads)
 
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:

@@ -34,6 +34,7 @@ _HUB_RETRY_AFTER_S = 60.0
 _hub_failed_at: float | None = None  # after a network failure, don't make every model wait out the retries
 _verified_lock = threading.Lock()
 _probed: set[tuple[object, ...]] = set()
+MAX_CONTEXT = 1 << 24  # 16M tokens: beyond any model's training; larger values are corruption
 _ABORT = re.compile(r"\.(?:c|cc|cpp|h):\d+: ")
 PROBE_SECONDS = (60.0, 30.0)  # + per GB: reading a big model from a cold disk is slow; past that it hangs
 
@@ -171,6 +172,10 @@ def _check_gguf(reader: Any, size: int) -> str | None:
     for tensor in reader.tensors:
         if tensor.data_offset + tensor.n_bytes > size:
             return f"tensor {tensor.name!r} runs past the end of the file: truncated"
+    arch = reader.fields.get("general.architecture")
+    context = reader.fields.get(f"{arch.contents()}.context_length") if arch is not None else None
+    if context is not None and not 0 < int(context.contents()) <= MAX_CONTEXT:
+        return f"a context length of {context.contents()} tokens"  # 2^31: llama.cpp takes minutes to load it
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     if tokens is not None:
         pieces = [bytes(tokens.parts[i]) for i in tokens.data]

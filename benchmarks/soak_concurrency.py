@@ -32,9 +32,9 @@ KINDS = ["observe", "observe", "add", "add", "update", "delete"]
 
 def manager(messages: list[dict[str, str]]) -> dict[str, Any]:
     """Deterministic Memory Manager: add a fact from the turn, revise the first memory shown, drop a stale one."""
-    content = messages[-1]["content"]
-    turn = json.loads(content.split("<<<TURN\n", 1)[1].split("\nTURN>>>", 1)[0])
-    memories = json.loads(content.split("<<<MEMORIES\n", 1)[1].split("\nMEMORIES>>>", 1)[0])
+    from memr1.testing import prompt_data
+
+    turn, memories = prompt_data(messages, "TURN"), prompt_data(messages, "MEMORIES")
     tag = turn["text"].split()[0]
     ops = [{"event": "ADD", "id": -1, "text": f"fact from {tag}"}]
     if memories:

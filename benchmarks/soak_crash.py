@@ -30,9 +30,9 @@ MODES = ("observe", "ingest", "import")
 
 
 def manager(messages: list[dict[str, str]]) -> dict[str, Any]:
-    content = messages[-1]["content"]
-    turn = json.loads(content.split("<<<TURN\n", 1)[1].split("\nTURN>>>", 1)[0])
-    memories = json.loads(content.split("<<<MEMORIES\n", 1)[1].split("\nMEMORIES>>>", 1)[0])
+    from memr1.testing import prompt_data
+
+    turn, memories = prompt_data(messages, "TURN"), prompt_data(messages, "MEMORIES")
     tag = turn["text"].split()[0]
     ops = [{"event": "ADD", "id": -1, "text": f"{tag} fact {j}"} for j in range(OPS_PER_TURN)]
     if memories:

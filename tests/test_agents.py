@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 
 from memr1 import Memory, ModelOutputError
-from memr1.testing import ScriptedLLM
+from memr1.testing import ScriptedLLM, prompt_data
 
 
 def shown(messages) -> list[dict]:
     """The MEMORIES block the model was shown."""
-    user = messages[-1]["content"]
-    return json.loads(user.split("<<<MEMORIES\n", 1)[1].split("\nMEMORIES>>>", 1)[0])
+    return prompt_data(messages, "MEMORIES")
 
 
 def by_text(messages, needle: str) -> int:
@@ -61,7 +60,7 @@ def test_turn_dates_reach_the_prompt_and_the_memory(agent_bank) -> None:
     mgr = ScriptedLLM([{"operations": [{"event": "ADD", "id": -1, "text": "Mel ran a charity race."}]}])
     mem = agent_bank(mgr)
     mem.observe("I ran a charity race yesterday", speaker="Mel", at="1:56 pm on 8 May, 2023", session="s1")
-    turn = json.loads(mgr.calls[0][-1]["content"].split("<<<TURN\n")[1].split("\nTURN>>>")[0])
+    turn = prompt_data(mgr.calls[0], "TURN")
     item = mem.list()[0]
     assert item.at is not None and (item.at.year, item.at.month, item.at.day) == (2023, 5, 8)
     assert turn == {

@@ -10,7 +10,7 @@ from finetune.data import AnswerExample, ManagerExample, Mem, Question
 from finetune.rewards import AnswerReward, ManagerReward, completion_text
 
 from memr1.llm import LlamaCpp
-from memr1.testing import ScriptedLLM
+from memr1.testing import ScriptedLLM, prompt_data
 
 BUDDY = Mem(id=7, text="Andrew adopted a dog named Buddy.", at=datetime(2023, 5, 8, 13, 56))
 HIKING = Mem(id=9, text="Audrey likes hiking.", at=datetime(2023, 5, 8, 13, 56))
@@ -77,7 +77,7 @@ def manager_example() -> ManagerExample:
 
 def dog_namer(messages):
     """A frozen answer agent that names every dog it is shown: its answer depends only on the bank."""
-    memories = json.loads(messages[1]["content"].split("<<<MEMORIES\n", 1)[1].split("\nMEMORIES>>>", 1)[0])
+    memories = prompt_data(messages, "MEMORIES")
     names = [name for name in ("Buddy", "Scout") if any(name in m["text"] for m in memories)]
     return {"selected": [m["id"] for m in memories], "answer": " and ".join(names) or "I don't know"}
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from memr1 import InvalidInput, Memory, MemoryNotFound
-from memr1.testing import ScriptedLLM
+from memr1.testing import ScriptedLLM, prompt_data
 
 USERS = ["alice", "bob", "carol"]
 users = st.sampled_from(USERS)
@@ -48,7 +48,7 @@ class Tenants(RuleBasedStateMachine):
     # ---- the scripted agents: they act on whatever they are shown, and report what that was ----
 
     def _manage(self, messages) -> dict:
-        turn = json.loads(messages[-1]["content"].split("<<<TURN\n", 1)[1].split("\nTURN>>>", 1)[0])
+        turn = prompt_data(messages, "TURN")
         owner = turn["speaker"]
         memories = shown(messages)
         self.leaks += [m["text"] for m in memories if not m["text"].startswith(f"{owner}:")]

@@ -33,3 +33,9 @@ class ScriptedLLM:
             return text, sum(len(m["content"]) for m in messages), len(text)
 
         return retry_until_parsed("scripted", self.retries, attempt, parse)
+
+
+def prompt_data(messages: Sequence[dict[str, str]], label: str) -> Any:
+    """The JSON data a prompt quotes between `<<<LABEL` and `LABEL>>>`: what a scripted model reads."""
+    content = messages[-1]["content"]
+    return json.loads(content.split(f"<<<{label}\n", 1)[1].split(f"\n{label}>>>", 1)[0])

@@ -12,8 +12,10 @@ from memr1.tiny_models import write_embedding_model
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MINILM = SHARED / "models" / "all-MiniLM-L6-v2-f16.gguf"
 LOCOMO = SHARED / "data" / "locomo10.json"
+SMOLLM2 = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 needs_minilm = pytest.mark.skipif(not MINILM.exists(), reason=f"real MiniLM GGUF not found at {MINILM} (../shared)")
+needs_smollm2 = pytest.mark.skipif(not SMOLLM2.exists(), reason=f"real SmolLM2 GGUF not found at {SMOLLM2} (../shared)")
 needs_locomo = pytest.mark.skipif(not LOCOMO.exists(), reason=f"LoCoMo data not found at {LOCOMO} (../shared)")
 
 

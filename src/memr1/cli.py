@@ -13,6 +13,7 @@ import click
 
 from .errors import MemR1Error
 from .memory import Memory
+from .runtime import parse_threads, per_role_threads
 from .schema import Answer, HistoryEntry, MemoryItem, Operation
 
 
@@ -27,7 +28,29 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _remember_threads(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    try:
+        ctx.meta["memr1.threads"] = per_role_threads(parse_threads(value))
+    except MemR1Error as e:
+        raise click.BadParameter(str(e)) from None
+
+
+THREADS_HELP = (
+    "llama.cpp threads: N for every model, or role=N,... (embedder, manager, answerer). "
+    "Default: $MEMR1_<ROLE>_THREADS, $MEMR1_THREADS, else 1 for the embedder and the cores (up to 8) for agents."
+)
+
+
+def threads_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--threads", expose_value=False, callback=_remember_threads, help=THREADS_HELP)(fn)
+
+
+def _threads() -> Any:
+    return click.get_current_context().meta.get("memr1.threads")
+
+
 def bank_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = threads_option(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
     fn = click.option("--embedder", envvar="MEMR1_EMBEDDER", help="Embedding GGUF: a path or owner/repo/file.gguf.")(fn)
     fn = click.option("--db", default="memr1.db", envvar="MEMR1_DB", show_default=True, help="The bank file.")(fn)
@@ -48,7 +71,7 @@ def agent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _open(db: str, embedder: str | None, **agents: Any) -> Memory:
-    return Memory(db, embedder=embedder, **agents)
+    return Memory(db, embedder=embedder, threads=_threads(), **agents)
 
 
 def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
@@ -286,6 +309,7 @@ DEMO_TURNS = [
     "--tiny", is_flag=True, help="Use tiny random-weight models built locally: no download, nonsense answers."
 )
 @agent_options
+@threads_option
 @_fail_cleanly
 def demo(db: str | None, embedder: str | None, tiny: bool, manager: str | None, answerer: str | None,
          base_url: str | None) -> None:  # fmt: skip
@@ -293,7 +317,7 @@ def demo(db: str | None, embedder: str | None, tiny: bool, manager: str | None, 
     with tempfile.TemporaryDirectory() as tmp:
         models = _demo_models(Path(tmp), embedder=embedder, manager=manager, answerer=answerer,
                               tiny=tiny, server=bool(base_url))  # fmt: skip
-        with Memory(db or Path(tmp) / "demo.db", base_url=base_url, **models) as mem:
+        with Memory(db or Path(tmp) / "demo.db", base_url=base_url, threads=_threads(), **models) as mem:
             click.echo(f"bank: {mem.path}  ({mem.sqlite_info()['driver']}, SQLite {mem.sqlite_info()['sqlite_version']}, "
                        f"sqlite-vec {mem.sqlite_info()['sqlite_vec_version']})\n")  # fmt: skip
             for text, at, session in DEMO_TURNS:

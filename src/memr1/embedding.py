@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
-import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -13,7 +11,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .errors import ModelNotAvailable
-from .models import file_identity, gguf_header, parse_ref, probe, resolve
+from .models import parse_ref, resolve
+from .runtime import check_threads, header, shared_llama, thread_count
 
 # bge-small-en-v1.5 (BAAI, MIT): 384-d, 33M parameters, ~36 MB at Q8_0; strong for its size.
 DEFAULT_EMBEDDER = "ChristianAzinn/bge-small-en-v1.5-gguf/bge-small-en-v1.5.Q8_0.gguf"
@@ -33,51 +32,6 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-_loaded: dict[tuple[Any, ...], tuple[Any, threading.Lock]] = {}
-_loaded_lock = threading.Lock()
-
-
-@atexit.register
-def _close_models() -> None:
-    """Free llama.cpp models before interpreter teardown, when their __del__ would fail noisily."""
-    with _loaded_lock:
-        for llm, _ in _loaded.values():
-            llm.close()
-        _loaded.clear()
-
-
-def shared_llama(path: Path, *, slot: str = "", **kwargs: Any) -> tuple[Any, threading.Lock]:
-    """One Llama per (file, settings, slot) per process, with its own lock: contexts are not thread-safe.
-
-    Agents pass different slots so each keeps its own KV cache (and system-prompt prefix).
-    """
-    key = (str(path.resolve()), slot, tuple(sorted(kwargs.items())))
-    with _loaded_lock:
-        if key not in _loaded:
-            header(path)  # gguf-py's checks, then llama.cpp's, in a throwaway process: never abort() this one
-            probe(path, embedding=bool(kwargs.get("embedding")))
-            try:
-                from llama_cpp import Llama
-            except ImportError as e:  # pragma: no cover - a hard dependency
-                raise ModelNotAvailable(f"llama-cpp-python is not importable: {e}") from None
-            try:
-                llm = Llama(model_path=str(path), verbose=False, **kwargs)
-            except Exception as e:
-                raise ModelNotAvailable(f"llama.cpp could not load {path}: {type(e).__name__}: {e}") from None
-            _loaded[key] = (llm, threading.Lock())
-        return _loaded[key]
-
-
-@functools.lru_cache(maxsize=32)
-def _header(path: str, identity: tuple[int, ...]) -> dict[str, object]:
-    return gguf_header(Path(path))
-
-
-def header(path: Path) -> dict[str, object]:
-    """The file's metadata, once it passed the malformed-file check; cached while the file is unchanged."""
-    return _header(str(path.resolve()), file_identity(path))
-
-
 class LlamaEmbedder:
     """A GGUF embedding model run in-process by llama-cpp-python.
 
@@ -87,10 +41,12 @@ class LlamaEmbedder:
 
     def __init__(self, model: str | os.PathLike[str] = DEFAULT_EMBEDDER, *, n_threads: int | None = None,
                  batch_size: int = 32, query_prefix: str = "", sha256: str | None = None) -> None:  # fmt: skip
-        """`sha256` pins the file, as `model@sha256:<hex>` does: a mismatch refuses to load it."""
+        """`sha256` pins the file, as `model@sha256:<hex>` does: a mismatch refuses to load it.
+
+        `n_threads` (default: $MEMR1_EMBEDDER_THREADS, $MEMR1_THREADS, else 1) is used for every batch."""
         self.ref = os.fspath(model)
         self.sha256 = sha256
-        self.n_threads = n_threads
+        self.n_threads = check_threads(n_threads, "n_threads") if n_threads is not None else None
         self.batch_size = batch_size
         self.query_prefix = query_prefix
         self._path: Path | None = None
@@ -124,7 +80,14 @@ class LlamaEmbedder:
     def _llama(self) -> tuple[Any, threading.Lock]:
         ctx = int(self._metadata().get(f"{self._metadata()['general.architecture']}.context_length", 512))  # type: ignore[call-overload]
         ctx = min(ctx, MAX_EMBED_CONTEXT)  # one batch holds a whole text: bound its buffers
-        return shared_llama(self.path, embedding=True, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, n_threads=self.n_threads)
+        return shared_llama(
+            self.path,
+            embedding=True,
+            n_ctx=ctx,
+            n_batch=ctx,
+            n_ubatch=ctx,
+            threads=thread_count("embedder", self.n_threads),
+        )
 
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
         """Unit-length float32 vectors, one row per text; long texts are truncated to the model's context."""

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from .embedding import header, shared_llama
 from .errors import InvalidInput, ModelNotAvailable, ModelOutputError, PromptTooLong
 from .models import resolve
 from .prompts import OutputRejected
+from .runtime import check_threads, header, shared_llama, thread_count
 
 log = logging.getLogger("memr1.llm")
 T = TypeVar("T")
@@ -89,12 +89,17 @@ class LlamaCpp:
                  max_ctx: int = 8192, n_threads: int | None = None, n_gpu_layers: int = 0, seed: int = 0,
                  temperature: float = 0.0, retries: int = 2, reuse_prefix: bool = True, slot: str = "",
                  max_tokens: int | None = None, sha256: str | None = None) -> None:  # fmt: skip
-        """`max_tokens` caps what each agent asks for; `sha256` pins the file (as `model@sha256:<hex>` does)."""
+        """`max_tokens` caps what each agent asks for; `sha256` pins the file (as `model@sha256:<hex>` does).
+
+        `n_threads` serves generation and prompt processing alike; by default $MEMR1_MANAGER_THREADS or
+        $MEMR1_ANSWERER_THREADS (by `slot`), then $MEMR1_THREADS, then the available cores up to 8."""
         if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):  # llama.cpp: 0 = no limit
             raise InvalidInput(f"max_tokens must be a positive int or None, got {max_tokens!r}")
         for name, value in (("n_ctx", n_ctx), ("max_ctx", max_ctx)):
             if value is not None and (type(value) is not int or value < MIN_CONTEXT):
                 raise InvalidInput(f"{name} must be an int of at least {MIN_CONTEXT} tokens, got {value!r}")
+        if n_threads is not None:
+            check_threads(n_threads, "n_threads")
         self.ref = os.fspath(model)
         self.max_tokens, self.sha256 = max_tokens, sha256
         self.n_ctx, self.max_ctx, self.n_threads, self.n_gpu_layers = n_ctx, max_ctx, n_threads, n_gpu_layers
@@ -128,8 +133,8 @@ class LlamaCpp:
     def _llama(self) -> tuple[Any, threading.Lock]:
         # No seed here: every completion passes its own, and a seed in the key would load a fresh context
         # (and re-evaluate the whole prompt, and keep the old one in memory) each time the seed changes.
-        return shared_llama(self.path, slot=self.slot, n_ctx=self.context_length(), n_threads=self.n_threads,
-                            n_gpu_layers=self.n_gpu_layers)  # fmt: skip
+        return shared_llama(self.path, slot=self.slot, n_ctx=self.context_length(), n_gpu_layers=self.n_gpu_layers,
+                            threads=thread_count(self.slot, self.n_threads))  # fmt: skip
 
     def _template(self, llm: Any) -> Any:
         """The model file's chat template, compiled in a sandbox: it is data from an untrusted file."""
@@ -262,10 +267,11 @@ class OpenAICompatible:
         return retry_until_parsed(f"{self.base_url} ({self.model})", self.retries, attempt, parse)
 
 
-def as_llm(spec: LLM | str | os.PathLike[str] | None, *, slot: str, base_url: str | None = None) -> LLM:
+def as_llm(spec: LLM | str | os.PathLike[str] | None, *, slot: str, base_url: str | None = None,
+           n_threads: int | None = None) -> LLM:  # fmt: skip
     """An LLM from an instance, a GGUF path/HF ref, or a server model name when `base_url` is set."""
     if isinstance(spec, LLM):
         return spec
     if base_url:
         return OpenAICompatible(base_url, os.fspath(spec) if spec else "default")
-    return LlamaCpp(spec if spec is not None else DEFAULT_CHAT_MODEL, slot=slot)
+    return LlamaCpp(spec if spec is not None else DEFAULT_CHAT_MODEL, slot=slot, n_threads=n_threads)

@@ -9,7 +9,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from . import prompts, retrieval
 from .embedding import DEFAULT_EMBEDDER, Embedder, LlamaEmbedder
 from .errors import Conflict, InvalidInput, PromptTooLong
 from .llm import LLM, Completion, as_llm
+from .runtime import per_role_threads
 from .schema import (
     Answer,
     HistoryEntry,
@@ -57,10 +58,16 @@ class Memory:
     def __init__(self, path: str | os.PathLike[str], *, embedder: str | os.PathLike[str] | Embedder | None = None,
                  manager: LLM | str | os.PathLike[str] | None = None, answerer: LLM | str | os.PathLike[str] | None = None,
                  base_url: str | None = None, related_k: int = 10,
-                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT_MS / 1000) -> None:  # fmt: skip
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT_MS / 1000,
+                 threads: int | Mapping[str, int] | None = None) -> None:  # fmt: skip
         """Open (or create) a bank. Models are GGUF paths or `owner/repo/file.gguf` hub references,
         resolved and loaded on first use; with `base_url`, manager/answerer name models on an
-        OpenAI-compatible server instead."""
+        OpenAI-compatible server instead.
+
+        `threads` sets llama.cpp threads for the models this bank loads: one count for all, or
+        `{"embedder": 1, "manager": 2, "answerer": 2}`. Unset roles follow $MEMR1_<ROLE>_THREADS,
+        then $MEMR1_THREADS, then a default (1 for the embedder; the cores, up to 8, for agents).
+        Model instances passed in keep their own settings."""
         if not _is_number(busy_timeout) or not 0 <= busy_timeout <= 86_400:
             raise InvalidInput(f"busy_timeout must be a number of seconds from 0 to 86400, got {busy_timeout!r}")
         if isinstance(related_k, bool) or not isinstance(related_k, int) or not 0 <= related_k <= 1000:
@@ -70,6 +77,7 @@ class Memory:
                 raise InvalidInput(
                     f"{role} must be a model path, a reference or an instance, not {type(spec).__name__}"
                 )
+        self._threads = per_role_threads(threads)
         self.store = Store(path, busy_timeout_ms=int(busy_timeout * 1000))
         self._manager_spec = manager or os.environ.get("MEMR1_MANAGER") or None
         self._answerer_spec = answerer or os.environ.get("MEMR1_ANSWERER") or None
@@ -85,7 +93,7 @@ class Memory:
             self.embedder: Embedder = embedder
         else:
             ref = embedder or recorded or os.environ.get("MEMR1_EMBEDDER") or DEFAULT_EMBEDDER
-            self.embedder = LlamaEmbedder(ref)
+            self.embedder = LlamaEmbedder(ref, n_threads=self._threads["embedder"])
         if embedder is not None:
             self._bind()  # an explicit embedder is checked against the bank at open
 
@@ -258,13 +266,15 @@ class Memory:
     @property
     def manager(self) -> LLM:
         if self._manager is None:
-            self._manager = as_llm(self._manager_spec, slot="manager", base_url=self._base_url)
+            self._manager = as_llm(self._manager_spec, slot="manager", base_url=self._base_url,
+                                   n_threads=self._threads["manager"])  # fmt: skip
         return self._manager
 
     @property
     def answerer(self) -> LLM:
         if self._answerer is None:
-            self._answerer = as_llm(self._answerer_spec, slot="answerer", base_url=self._base_url)
+            self._answerer = as_llm(self._answerer_spec, slot="answerer", base_url=self._base_url,
+                                    n_threads=self._threads["answerer"])  # fmt: skip
         return self._answerer
 
     def _consult(self, llm: LLM, hits: list[Hit], schema: dict[str, Any], parser: Callable[..., Any], *,

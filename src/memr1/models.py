@@ -7,13 +7,18 @@ llama.cpp answers many malformed files (a repeated vocabulary entry, an out-of-r
 an unknown pooling type, a tensor of an unexpected type, ...) with abort(), which would take the
 whole application down. So a file is first read by gguf-py (truncation and the commonest defects,
 with a precise message), then loaded and run once in a throwaway process (`probe`): only a file
-that survived both reaches llama.cpp in this process. A probe that passed is remembered on disk,
-per file identity, so each file costs one probe per machine.
+that survived both reaches llama.cpp in this process. A probe's verdict is remembered on disk, per
+file identity and machine fingerprint (CPU features, kernel, llama.cpp build), so each file costs one
+probe per machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import json
+import logging
 import os
 import re
 import signal
@@ -27,13 +32,15 @@ from typing import Any
 
 from .errors import ModelNotAvailable
 
+log = logging.getLogger("memr1.models")
+
 _PIN = re.compile(r"^(?P<ref>.+?)@sha256:(?P<digest>[0-9a-fA-F]{64})$")
 _DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
 _verified: dict[tuple[int, ...], str] = {}
 _HUB_RETRY_AFTER_S = 60.0
 _hub_failed_at: float | None = None  # after a network failure, don't make every model wait out the retries
 _verified_lock = threading.Lock()
-_probed: set[tuple[object, ...]] = set()
+_probed: dict[tuple[object, ...], bool] = {}  # file identity -> may use extra buffer types
 MAX_CONTEXT = 1 << 24  # 16M tokens: beyond any model's training; larger values are corruption
 _ABORT = re.compile(r"\.(?:c|cc|cpp|h):\d+: ")
 PROBE_SECONDS = (60.0, 30.0)  # + per GB: reading a big model from a cold disk is slow; past that it hangs
@@ -188,10 +195,11 @@ def _check_gguf(reader: Any, size: int) -> str | None:
 
 _PROBE = """
 import sys
-from llama_cpp import Llama
-path, embedding = sys.argv[1], sys.argv[2] == "1"
-llm = Llama(model_path=path, embedding=embedding, n_ctx=64, n_batch=64, n_ubatch=64, n_threads=1,
-            n_gpu_layers=0, verbose=True)
+from pathlib import Path
+from memr1.runtime import open_llama
+path, embedding, extra_bufts = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1"
+llm = open_llama(path, extra_bufts=extra_bufts, embedding=embedding, n_ctx=64, n_batch=64, n_ubatch=64,
+                 n_threads=1, n_threads_batch=1, n_gpu_layers=0, verbose=True)
 if embedding:
     llm.embed("memr1 probe text")
 else:
@@ -199,34 +207,53 @@ else:
 """
 
 
-def probe(path: Path, *, embedding: bool) -> None:
-    """Refuse a file that crashes or hangs llama.cpp, by loading it (and computing once) in a child process."""
+def probe(path: Path, *, embedding: bool) -> bool:
+    """Refuse a file that crashes or hangs llama.cpp, by loading it (and computing once) in a child process.
+
+    Returns whether llama.cpp's extra buffer types may be used. A CPU that advertises instructions its VM
+    does not enable (AMX) dies with SIGILL in the kernels those buffer types select for quantized weights;
+    such a file is probed again without them, and that is how it is loaded from then on.
+    """
     key = (*file_identity(path), embedding)
-    if key in _probed or os.environ.get("MEMR1_PROBE") == "0" or getattr(sys, "frozen", False) or not sys.executable:
-        return  # MEMR1_PROBE=0 trusts every file; a frozen app has no interpreter to run the probe with
+    if key in _probed:
+        return _probed[key]
+    if os.environ.get("MEMR1_PROBE") == "0" or getattr(sys, "frozen", False) or not sys.executable:
+        return True  # MEMR1_PROBE=0 trusts every file; a frozen app has no interpreter to run the probe with
     marker = _marker(path, key)
-    if marker is not None and marker.exists():
-        _probed.add(key)
-        return
-    timeout = PROBE_SECONDS[0] + PROBE_SECONDS[1] * path.stat().st_size / 1e9
-    try:
-        # the child imports llama_cpp from where this process did; no gdb backtrace on abort (slow, noisy)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "GGML_NO_BACKTRACE": "1"}
-        done = subprocess.run([sys.executable, "-c", _PROBE, str(path), "1" if embedding else "0"], env=env,
-                              capture_output=True, text=True, errors="replace", timeout=timeout)  # fmt: skip
-    except subprocess.TimeoutExpired:
-        raise ModelNotAvailable(f"llama.cpp did not load and run {path} within {timeout:.0f}s; "
-                                "refusing it (a malformed file can make it hang)") from None  # fmt: skip
+    if marker is not None and (known := _read_marker(marker)) is not None:
+        _probed[key] = known
+        return known
+    done = _run_probe(path, embedding=embedding, extra_bufts=True)
+    extra_bufts = True
+    if done.returncode == -signal.SIGILL:
+        log.warning("llama.cpp died with SIGILL on %s; probing again without extra buffer types", path)
+        extra_bufts, first = False, done
+        done = _run_probe(path, embedding=embedding, extra_bufts=False)
+        if done.returncode != 0:
+            done = first  # the first failure is the one that explains the file
     if done.returncode != 0:
         raise ModelNotAvailable(f"llama.cpp cannot load {path}: {_why(done)}; refusing it "
                                 "(MEMR1_PROBE=0 skips this check for files you trust)")  # fmt: skip
-    _probed.add(key)
+    _probed[key] = extra_bufts
     if marker is not None:
         try:
             marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
+            marker.write_text(json.dumps({"extra_bufts": extra_bufts, "file": str(path)}))
         except OSError:
             pass  # an unwritable cache only costs a probe next time
+    return extra_bufts
+
+
+def _run_probe(path: Path, *, embedding: bool, extra_bufts: bool) -> subprocess.CompletedProcess[str]:
+    timeout = PROBE_SECONDS[0] + PROBE_SECONDS[1] * path.stat().st_size / 1e9
+    try:
+        # the child imports memr1 and llama_cpp from where this process did; no gdb backtrace on abort (slow, noisy)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "GGML_NO_BACKTRACE": "1"}
+        argv = [sys.executable, "-c", _PROBE, str(path), "1" if embedding else "0", "1" if extra_bufts else "0"]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, errors="replace", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ModelNotAvailable(f"llama.cpp did not load and run {path} within {timeout:.0f}s; "
+                                "refusing it (a malformed file can make it hang)") from None  # fmt: skip
 
 
 def _why(done: subprocess.CompletedProcess[str]) -> str:
@@ -239,16 +266,43 @@ def _why(done: subprocess.CompletedProcess[str]) -> str:
     return (said or (lines[-1] if lines else f"exit status {done.returncode}"))[-300:]
 
 
-def _marker(path: Path, key: tuple[object, ...]) -> Path | None:
-    """Where a passed probe is remembered: keyed by the file's identity and the llama-cpp-python version."""
+def _read_marker(marker: Path) -> bool | None:
     try:
-        from importlib.metadata import version
+        return bool(json.loads(marker.read_text())["extra_bufts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent, or written by an older memr1: probe again
 
-        llama_version = version("llama-cpp-python")
+
+@functools.lru_cache(maxsize=1)
+def machine_fingerprint() -> str:
+    """What a probe's verdict depends on besides the file: the CPU's features, the kernel that enables them,
+    and the llama.cpp build. A home directory shared by machines of other kinds must not share verdicts."""
+    import platform
+    from importlib.metadata import version
+    from importlib.util import find_spec
+
+    parts: list[object] = [platform.machine(), platform.system(), platform.release(), platform.processor()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            parts += sorted({line for line in f if line.startswith(("flags", "Features", "model name"))})
+    except OSError:
+        pass
+    try:
+        parts.append(version("llama-cpp-python"))
     except Exception:
-        return None
+        parts.append(None)
+    spec = find_spec("llama_cpp")
+    if spec and spec.origin:  # the compiled libraries: a rebuild with other flags changes them
+        for lib in sorted(Path(spec.origin).parent.glob("lib/*")):
+            with contextlib.suppress(OSError):
+                parts.append((lib.name, *file_identity(lib)[2:4]))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _marker(path: Path, key: tuple[object, ...]) -> Path | None:
+    """Where a probe's verdict is remembered: keyed by the file's identity and the machine's fingerprint."""
     root = os.environ.get("MEMR1_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "memr1"
     )
-    name = hashlib.sha256(repr((str(path.resolve()), key, llama_version)).encode()).hexdigest()
+    name = hashlib.sha256(repr((str(path.resolve()), key, machine_fingerprint())).encode()).hexdigest()
     return Path(root) / "probed" / name

@@ -25,6 +25,7 @@ import math
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -37,6 +38,7 @@ from benchmarks import locomo_data, scoring
 from memr1 import Memory, MemR1Error, prompts
 from memr1.errors import PromptTooLong
 from memr1.llm import DEFAULT_CHAT_MODEL, LLM, LlamaCpp, OpenAICompatible
+from memr1.memory import DEFAULT_SOURCES, SOURCES
 from memr1.schema import Turn
 
 log = logging.getLogger("benchmarks.locomo")
@@ -64,6 +66,8 @@ class Settings:
     judge: str | None = None
     judge_base_url: str | None = None
     k: int = 60
+    memr1_k: int | None = None  # the memr1 methods' k, when it differs from the baselines'
+    sources: str = DEFAULT_SOURCES  # what ask() shows the memr1 methods: memories, turns or both
     gpu_layers: int = 0
     threads: int | None = None
     max_ctx: int = 8192
@@ -73,7 +77,8 @@ class Settings:
         return {"manager": self.manager, "embedder": self.embedder, "base_url": self.base_url}
 
     def answer_identity(self) -> dict[str, Any]:
-        return {**self.bank_identity(), "answerer": self.answerer, "k": self.k, "max_ctx": self.max_ctx}
+        return {**self.bank_identity(), "answerer": self.answerer, "k": self.k, "max_ctx": self.max_ctx,
+                "memr1_k": self.memr1_k, "sources": self.sources}
 
 
 # ---- models ----
@@ -195,13 +200,15 @@ def ingest(conv: Conversation, mem: Memory, method: str, log_path: Path, progres
                 ops = mem.observe(Turn(text=t.text, speaker=t.speaker, at=t.at, session=f"session_{t.session}",
                                        metadata={"dia_id": t.dia_id}))  # fmt: skip
                 record["ops"] = [op.kind for op in ops]
+                record["memories"] = mem.store.counts()["memories"]
             else:
                 mem.add(turn_line(t), at=t.at, metadata={"dia_id": t.dia_id, "session": t.session})
         except MemR1Error as e:  # a refused turn is recorded and skipped; the run goes on
             record["error"] = f"{type(e).__name__}: {e}"
         record["seconds"] = time.perf_counter() - start
         record.update(
-            {key: mem.usage[key] - before[key] for key in ("llm_calls", "prompt_tokens", "completion_tokens")}
+            {key: mem.usage[key] - before[key]
+             for key in ("llm_calls", "prompt_tokens", "completion_tokens", "dropped_ops")}  # fmt: skip
         )
         append_jsonl(log_path, record)
     return read_jsonl(log_path)
@@ -243,9 +250,12 @@ def answer_full_context(llm: LLM, question: str, conv: Conversation) -> dict[str
                 "seconds": time.perf_counter() - start}  # fmt: skip
 
 
-def answer_from_bank(mem: Memory, question: str, conv: Conversation, method: str, k: int) -> dict[str, Any]:
-    ans = mem.ask(question, k=k, now=conv.asked_on, distill=method == "memr1")
-    return {"prediction": ans.text, "selected": [m.text for m in ans.selected] if method == "memr1" else [],
+def answer_from_bank(mem: Memory, question: str, conv: Conversation, method: str, s: Settings) -> dict[str, Any]:
+    ours = method.startswith("memr1")  # rag's bank holds the raw turns as memories
+    ans = mem.ask(question, k=(s.memr1_k or s.k) if ours else s.k, now=conv.asked_on, distill=method == "memr1",
+                  sources=s.sources if ours else "memories")  # fmt: skip
+    selected = [m.text for m in ans.selected] + [f"{t.speaker}: {t.text}" for t in ans.selected_turns]
+    return {"prediction": ans.text, "selected": selected if method == "memr1" else [],
             "retrieved": ans.retrieved, "prompt_tokens": ans.prompt_tokens,
             "completion_tokens": ans.completion_tokens, "llm_calls": ans.llm_calls, "seconds": ans.seconds}  # fmt: skip
 
@@ -284,7 +294,7 @@ def ask_all(conv: Conversation, method: str, s: Settings, mem: Memory | None, ll
                 record |= answer_full_context(llm, qa.question, conv)
             else:
                 assert mem is not None
-                record |= answer_from_bank(mem, qa.question, conv, method, s.k)
+                record |= answer_from_bank(mem, qa.question, conv, method, s)
         except MemR1Error as e:  # counted as a wrong answer, and reported
             record |= {"prediction": "", "selected": [], "retrieved": 0, "prompt_tokens": 0, "completion_tokens": 0,
                        "llm_calls": 0, "seconds": 0.0, "error": f"{type(e).__name__}: {e}"}  # fmt: skip
@@ -371,7 +381,13 @@ def summarise(questions: list[dict[str, Any]], *, judged: bool) -> dict[str, dic
 
 
 def costs(turns: list[dict[str, Any]], questions: list[dict[str, Any]]) -> dict[str, Any]:
-    per = {}
+    per: dict[str, Any] = {}
+    kinds = Counter(op for r in turns for op in r.get("ops", []))
+    per["ops_per_turn"] = {kind: kinds[kind] / len(turns) if turns else float("nan")
+                           for kind in ("ADD", "UPDATE", "DELETE", "NOOP")}  # fmt: skip
+    per["ops_per_turn"]["dropped"] = _mean(r.get("dropped_ops", 0) for r in turns)
+    stored = [r["memories"] for r in turns if "memories" in r]
+    per["memories_per_turn"] = stored[-1] / len(turns) if stored and turns else float("nan")
     for name, rows in (("turn", turns), ("question", questions)):
         seconds = [r["seconds"] for r in rows]
         per[name] = {
@@ -423,11 +439,20 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["| Method | Per | Count | p50 s | p95 s | LLM calls | Prompt tokens | Completion tokens | Errors |",
               "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, m in methods.items():
-        for per, v in m["costs"].items():
+        for per in ("turn", "question"):
+            v = m["costs"][per]
             if v["count"]:
                 lines.append(f"| {name} | {per} | {v['count']} | {_fmt(v['p50_s'], 3)} | {_fmt(v['p95_s'], 3)} "
                              f"| {_fmt(v['llm_calls'])} | {_fmt(v['prompt_tokens'], 0)} "
                              f"| {_fmt(v['completion_tokens'], 0)} | {v['errors']} |")  # fmt: skip
+    ours = {name: m["costs"] for name, m in methods.items() if m["costs"]["turn"]["count"] and name != "rag"}
+    if ours:
+        lines += ["", "## Memory Manager: operations per observed turn", ""]
+        lines += ["| Method | ADD | UPDATE | DELETE | NOOP | dropped | memories per turn |", "|---|---|---|---|---|---|---|"]
+        for name, c in ours.items():
+            o = c["ops_per_turn"]
+            lines.append(f"| {name} | {_fmt(o['ADD'])} | {_fmt(o['UPDATE'])} | {_fmt(o['DELETE'])} | {_fmt(o['NOOP'])} "
+                         f"| {_fmt(o['dropped'])} | {_fmt(c['memories_per_turn'])} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -498,6 +523,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", help="LLM-as-a-Judge model: GGUF path, HF ref, or a model name with --judge-base-url")
     p.add_argument("--judge-base-url", help="an OpenAI-compatible server for the judge")
     p.add_argument("-k", type=int, default=60, help="memories (or turns, for rag) retrieved per question")
+    p.add_argument("--memr1-k", type=int, help="k for the memr1 methods (default: -k)")
+    p.add_argument("--sources", choices=SOURCES, default=DEFAULT_SOURCES,
+                   help="what ask() retrieves for the memr1 methods: the manager's memories, raw turns, or both")
     p.add_argument("--gpu-layers", type=int, default=0, help="llama.cpp layers to offload (-1: all)")
     p.add_argument("--threads", type=int, help="llama.cpp CPU threads")
     p.add_argument("--max-ctx", type=int, default=8192, help="cap on each llama.cpp context")
@@ -520,6 +548,7 @@ def settings(argv: list[str] | None = None) -> Settings:
                     conversations=[c.strip() for c in a.conversations.split(",") if c.strip()], limit=a.limit,
                     max_sessions=a.max_sessions, adversarial=a.adversarial, manager=manager, answerer=answerer,
                     embedder=embedder, base_url=a.base_url, judge=a.judge, judge_base_url=a.judge_base_url, k=a.k,
+                    memr1_k=a.memr1_k, sources=a.sources,
                     gpu_layers=a.gpu_layers, threads=a.threads, max_ctx=a.max_ctx, progress=not a.quiet)  # fmt: skip
 
 

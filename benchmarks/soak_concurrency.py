@@ -36,12 +36,12 @@ def manager(messages: list[dict[str, str]]) -> dict[str, Any]:
 
     turn, memories = prompt_data(messages, "TURN"), prompt_data(messages, "MEMORIES")
     tag = turn["text"].split()[0]
-    ops = [{"event": "ADD", "id": -1, "text": f"fact from {tag}"}]
+    ops = [{"event": "ADD", "fact": f"fact from {tag}"}]
     if memories:
-        ops.append({"event": "UPDATE", "id": memories[0]["id"], "text": f"revised by {tag}"})
+        ops.append({"event": "UPDATE", "id": memories[0]["id"], "fact": f"{tag} revised {memories[0]['text']}"})
     if len(memories) > 4:
-        ops.append({"event": "DELETE", "id": memories[-1]["id"], "text": ""})
-    return {"operations": ops}
+        ops.append({"event": "DELETE", "id": memories[-1]["id"], "fact": f"{tag} replaced {memories[-1]['text']}"})
+    return {"facts": ops}
 
 
 # ---- the worker: one process, several threads sharing one Memory ----
@@ -130,6 +130,8 @@ def check(db: Path, records: list[dict[str, Any]], embedder: str) -> dict[str, A
                 if r["tag"] not in turns:
                     failures.append(f"{r['tag']}: observe succeeded but its turn is not stored")
                 for op in res:
+                    if op["kind"] == "NOOP":  # nothing written: the fact was held already
+                        continue
                     after = op["text"] if op["kind"] != "DELETE" else None
                     if (op["memory_id"], op["kind"], after, "manager") not in history:
                         failures.append(f"{r['tag']}: observe returned {op} but the history lacks it")

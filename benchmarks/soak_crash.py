@@ -34,12 +34,13 @@ def manager(messages: list[dict[str, str]]) -> dict[str, Any]:
 
     turn, memories = prompt_data(messages, "TURN"), prompt_data(messages, "MEMORIES")
     tag = turn["text"].split()[0]
-    ops = [{"event": "ADD", "id": -1, "text": f"{tag} fact {j}"} for j in range(OPS_PER_TURN)]
+    ops = [{"event": "ADD", "fact": f"{tag} fact {j}"} for j in range(OPS_PER_TURN)]
+    # changes name what they change: the parser turns a change to an unrelated memory into an ADD
     if memories:
-        ops.append({"event": "UPDATE", "id": memories[0]["id"], "text": f"{tag} update"})
+        ops.append({"event": "UPDATE", "id": memories[0]["id"], "fact": f"{tag} updated {memories[0]['text']}"})
     if len(memories) > 3:
-        ops.append({"event": "DELETE", "id": memories[-1]["id"], "text": ""})
-    return {"operations": ops}
+        ops.append({"event": "DELETE", "id": memories[-1]["id"], "fact": f"{tag} replaced {memories[-1]['text']}"})
+    return {"facts": ops}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -54,11 +55,11 @@ def worker(args: argparse.Namespace) -> None:
         n = 0
         while True:
             n += 1
-            tag = f"p{os.getpid()}-{n}"
+            tag = f"p{os.getpid()}x{n}"  # one word: the parser compares facts word by word
             if args.mode == "observe":
                 mem.observe(f"{tag} I went hiking with my dog", speaker="Ann", user="ann")
             elif args.mode == "ingest":
-                mem.observe_many([{"text": f"{tag}.{i} I like tea number {i}", "speaker": "Ann"} for i in range(5)],
+                mem.observe_many([{"text": f"{tag}y{i} I like tea number {i}", "speaker": "Ann"} for i in range(5)],
                                  user="ann", progress=False)  # fmt: skip
             else:
                 mem.import_jsonl(args.source)
@@ -86,14 +87,21 @@ def audit(db: Path, embedder: str) -> tuple[list[str], int]:
         head = q("SELECT coalesce(max(id), 0) FROM history")[0][0]
         turns = {tid: text.split()[0] for tid, text in q("SELECT id, text FROM turns")}
         adds: dict[int, list[str]] = {}
+        deletes: dict[int, int] = {}
         for turn_id, kind, after in q("SELECT turn_id, kind, after FROM history WHERE actor = 'manager'"):
             if turn_id not in turns:
                 problems.append(f"a manager {kind} cites turn {turn_id}, which is not stored")
             elif kind == "ADD":
                 adds.setdefault(turn_id, []).append(after)
+            elif kind == "DELETE":
+                deletes[turn_id] = deletes.get(turn_id, 0) + 1
         for turn_id, tag in turns.items():
+            # a DELETE stores the fact that replaced the memory: one "replaced" ADD each
             expected = [f"{tag} fact {j}" for j in range(OPS_PER_TURN)]
-            if sorted(adds.get(turn_id, [])) != expected:
+            replaced = [a for a in adds.get(turn_id, []) if a.startswith(f"{tag} replaced ")]
+            if sorted(set(adds.get(turn_id, [])) - set(replaced)) != expected or len(replaced) != deletes.get(
+                turn_id, 0
+            ):
                 problems.append(f"turn {tag} is stored with ADDs {adds.get(turn_id, [])}, not {expected}")
         imported = q("SELECT count(*) FROM history WHERE actor != 'manager' AND after LIKE 'imported fact %' "
                      "AND kind = 'ADD'")[0][0]  # fmt: skip

@@ -53,11 +53,11 @@ def features(raw: str, agent: str, shown: int) -> set[str]:
     if any(re.search(r"[\x00-\x1f\x7f-\x9f]", s) for s in _strings(data)):
         out.add("control characters")
     if agent == "manager":
-        ops = data.get("operations", []) if isinstance(data, dict) else []
+        ops = data.get("facts", []) if isinstance(data, dict) else []
         ids = [op.get("id") for op in ops if isinstance(op, dict) and op.get("event") != "ADD"]
         if not ops:
             out.add("empty operation list")
-        if any(isinstance(op, dict) and not str(op.get("text", "x")).strip() for op in ops):
+        if any(isinstance(op, dict) and not str(op.get("fact", "x")).strip() for op in ops):
             out.add("empty text")
     else:
         ids = data.get("selected", []) if isinstance(data, dict) else []

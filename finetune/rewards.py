@@ -93,7 +93,8 @@ class ManagerReward:
         """The frozen agent's answer to each related question after the operations; None when they don't parse."""
         try:
             plan = prompts.parse_manager(completion_text(completion), shown(example.related),
-                                         [m.id for m in example.related])  # fmt: skip
+                                         [m.id for m in example.related], turn=example.text,
+                                         speaker=example.speaker, at=example.at)  # fmt: skip
         except prompts.OutputRejected:
             return None
         with tempfile.TemporaryDirectory(prefix="memr1-reward-") as tmp:

@@ -105,12 +105,13 @@ def test_prompts_are_memr1s_own(tmp_path, tiny_embedder):
 
 def test_banks_are_built_by_the_manager(tmp_path, tiny_embedder):
     # a manager that keeps each turn upper-cased: the banks the examples see must hold its words, not the turns'
-    manager = ScriptedLLM(lambda messages: {"operations": [{"event": "ADD", "id": -1,
-                                                            "text": turn_of(messages)["text"].upper()}]})  # fmt: skip
+    manager = ScriptedLLM(lambda messages: {"facts": [{"event": "ADD", "fact": turn_of(messages)["text"].upper()}]})  # fmt: skip
     with Memory(tmp_path / "bank.db", embedder=data.CachedEmbedder(tiny_embedder), manager=manager) as mem:
         managers, answers = data.build_conversation(locomo_sample(), mem, progress=False)
     assert len(manager.calls) == 4
-    assert {m.text for m in managers[2].related} == {"I ADOPTED A DOG NAMED BUDDY.", "LOVELY! I WENT HIKING YESTERDAY."}
+    # as stored: the parser names the speaker for "I" and writes the date "yesterday" meant
+    assert {m.text for m in managers[2].related} == {"Andrew ADOPTED A DOG NAMED BUDDY.",
+                                                      "LOVELY! I WENT HIKING YESTERDAY (7 May 2023)."}  # fmt: skip
     assert "CONGRATULATIONS!" in {m.text for m in answers[0].memories}
 
 
@@ -125,7 +126,7 @@ def test_build_writes_each_split_and_loads_it_back(tmp_path, tiny_embedder):
 
 
 def test_questions_that_retrieve_nothing_give_no_answer_example(tmp_path, tiny_embedder):
-    manager = ScriptedLLM(lambda messages: {"operations": []})  # a manager that never stores anything
+    manager = ScriptedLLM(lambda messages: {"facts": []})  # a manager that never stores anything
     with Memory(tmp_path / "bank.db", embedder=data.CachedEmbedder(tiny_embedder), manager=manager) as mem:
         managers, answers = data.build_conversation(locomo_sample(), mem, progress=False)
     assert answers == []  # Memory.ask answers these without calling the model: nothing to train

@@ -83,7 +83,7 @@ def dog_namer(messages):
 
 
 def ops(*operations) -> str:
-    return json.dumps({"operations": [{"event": e, "id": i, "text": t} for e, i, t in operations]})
+    return json.dumps({"facts": [{"fact": t, "event": e, **({} if e == "ADD" else {"id": i})} for e, i, t in operations]})
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,8 @@ def ops(*operations) -> str:
         (ops(("NOOP", 0, "")), ["Buddy"], 0.0, 2 / 3),  # the bank misses Scout
         (ops(), ["Buddy"], 0.0, 2 / 3),
         (ops(("UPDATE", 3, "Andrew has two dogs, Buddy and Scout.")), ["Buddy"], 0.0, 2 / 3),  # id 3 was never shown
-        (ops(("DELETE", 0, "")), ["I don't know"], 0.0, 0.0),  # Buddy is gone: only Audrey's hiking is left
+        # Buddy is gone, replaced by a fact that names no dog: only that and Audrey's hiking are left
+        (ops(("DELETE", 0, "Andrew adopted another dog.")), ["I don't know"], 0.0, 0.0),
         ("Andrew has two dogs", None, 0.0, 0.0),  # not JSON: nothing is applied or asked
     ],
 )

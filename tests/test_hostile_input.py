@@ -141,7 +141,7 @@ def _replies(messages) -> dict:
     content = messages[-1]["content"]
     if "<<<TURN" in content:
         turn = json.loads(content.split("<<<TURN\n", 1)[1].split("\nTURN>>>", 1)[0])
-        return {"operations": [{"event": "ADD", "id": -1, "text": turn["text"][:300]}]}
+        return {"facts": [{"event": "ADD", "fact": turn["text"][:200]}]}
     return {"selected": [0], "answer": "an answer"}
 
 

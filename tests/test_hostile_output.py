@@ -23,16 +23,18 @@ def test_random_weight_adversaries_get_valid_ops_or_a_clean_refusal(tmp_path: Pa
     assert out["valid"] >= 60 and out["refused"] >= 15  # both endings really happened
     seen = set(out["traits"])
     # what the issue asks to cover, each met at least once by this run
-    assert {"cut short / not JSON", "out-of-range ids", "duplicate ids", "empty operation list", "empty text"} <= seen
+    assert {"cut short / not JSON", "duplicate ids", "empty operation list", "empty text"} <= seen
+    assert "out-of-range ids" not in seen  # the grammar is built per call from the ids shown: none can be named
     assert "control characters" in seen
     assert out["traits"]["cut short / not JSON"].get("valid", 0) == 0  # a cut generation is never applied
 
 
 @pytest.mark.parametrize(
     "reply",
-    ["", " ", "\x00", "{", '{"operations": [', '{"operations": null}', '{"operations": [{"event": "ADD"}]}', "[]",
-     '{"operations": [{"event": "ADD", "id": -1, "text": "x"}], "extra": 1}', '"just a string"', "NaN", "1e999",
-     '{"operations": [{"event": "DROP", "id": 0, "text": "x"}]}', "\ud800", '{"operations": []}' * 2],
+    ["", " ", "\x00", "{", '{"facts": [', '{"facts": null}', '{"facts": [{"event": "ADD"}]}', "[]",
+     '{"facts": [{"event": "ADD", "fact": "x"}], "extra": 1}', '"just a string"', "NaN", "1e999",
+     '{"facts": [{"event": "DROP", "id": 0, "fact": "x"}]}', "\ud800", '{"facts": []}' * 2,
+     '{"operations": []}'],
 )  # fmt: skip
 def test_empty_and_malformed_replies_are_refused_cleanly(bank: Path, tiny_embedder: Path, reply: str, caplog) -> None:
     """The same through the scripted backend, for outputs a grammar would never let through (other servers may)."""

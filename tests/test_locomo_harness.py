@@ -22,7 +22,8 @@ def run(tmp_path_factory: pytest.TempPathFactory, tiny_embedder: Path):
     tiny_chat = write_chat_model(out / "tiny-chat-5.gguf", seed=5)
     argv = ["--data", str(LOCOMO), "--out", str(out), "--conversations", "conv-26", "--max-sessions", "1",
             "--limit", "2", "--method", "all", "--manager", str(tiny_chat), "--answerer", str(tiny_chat),
-            "--embedder", str(tiny_embedder), "--judge", str(tiny_chat), "--max-ctx", "2048", "--quiet"]  # fmt: skip
+            "--embedder", str(tiny_embedder), "--judge", str(tiny_chat), "--max-ctx", "2048", "--quiet",
+            "--sources", "both"]  # fmt: skip
     assert locomo.main(argv) == 0
     return out, argv
 
@@ -45,9 +46,11 @@ def test_every_report_is_written(run) -> None:
         assert per_turn["count"] == (len(session_1) if name != "full-context" else 0), name
     memr1 = results["methods"]["memr1"]
     assert memr1["costs"]["turn"]["llm_calls"] >= 1  # one manager call per observed turn, more on retries
-    with sqlite3.connect(out / "banks" / "memr1" / "conv-26.db") as bank:  # the manager did store memories
-        assert bank.execute("SELECT count(*) FROM memories").fetchone()[0] > 0
-    # with memories there, every question reached the answer agent: answered, or refused as unusable output
+    with sqlite3.connect(out / "banks" / "memr1" / "conv-26.db") as bank:  # every turn is searchable by ask
+        assert bank.execute("SELECT count(*) FROM turns").fetchone()[0] == len(session_1)
+        assert bank.execute("SELECT count(*) FROM turn_vectors").fetchone()[0] == len(session_1)
+    # random weights make up facts the parser refuses, but the raw turns are there: every question reached the
+    # answer agent, answered or refused as unusable output
     assert all(q["llm_calls"] >= 1 or "ModelOutputError" in q.get("error", "") for q in memr1["questions"])
     assert results["methods"]["rag"]["costs"]["turn"]["llm_calls"] == 0  # raw turns, no manager
     report = (out / "report.md").read_text()

@@ -87,7 +87,7 @@ def test_embedder_reads_its_dimension_from_the_model(tiny_embedder: Path, tiny_e
 
 
 def test_models_load_once_per_process(tiny_embedder: Path) -> None:
-    from memr1.embedding import _loaded
+    from memr1.runtime import _loaded
 
     LlamaEmbedder(tiny_embedder).embed(["a"])
     before = len(_loaded)

@@ -14,6 +14,7 @@ from benchmarks import soak_concurrency
 
 from memr1 import BankBusy, Conflict, Memory
 from memr1.memory import OBSERVE_ATTEMPTS
+from memr1.store import SCHEMA_VERSION
 from memr1.testing import ScriptedLLM
 
 
@@ -40,7 +41,7 @@ def test_a_new_bank_opened_by_two_processes_at_once_migrates_once(tmp_path: Path
         assert p.wait(timeout=120) == 0, p.stderr.read() if p.stderr else ""
     with Memory(bank) as mem:
         assert len(mem.list()) == 3
-        assert mem.store.query("SELECT count(*) FROM migrations")[0][0] == 1
+        assert mem.store.query("SELECT count(*) FROM migrations")[0][0] == SCHEMA_VERSION  # each migration ran once
 
 
 HOLD = """
@@ -70,7 +71,7 @@ def locked(path: Path, mode: str = "IMMEDIATE") -> Iterator[None]:
 def test_busy_waits_are_bounded_and_say_what_to_do(tmp_path: Path, tiny_embedder: Path) -> None:
     """Another writer holds the lock: writes wait busy_timeout, then BankBusy; reads go on (WAL)."""
     bank = tmp_path / "busy.db"
-    llm = ScriptedLLM(lambda m: {"operations": [{"event": "ADD", "id": -1, "text": "a fact"}]})
+    llm = ScriptedLLM(lambda m: {"facts": [{"event": "ADD", "fact": "a fact"}]})
     with Memory(bank, embedder=tiny_embedder) as mem:
         kept = mem.add("kept", user="u")
         mem.export(tmp_path / "e.jsonl")
@@ -114,14 +115,14 @@ def test_a_decision_on_memories_that_keep_changing_is_refused_whole(bank: Path, 
         calls["n"] += 1
         target = mem.list(user="u")[0]
         mem.update(target.id, f"changed meanwhile {calls['n']}", user="u")  # the lost update, had it applied
-        return {"operations": [{"event": "ADD", "id": -1, "text": "new fact"},
-                               {"event": "UPDATE", "id": 0, "text": "stale rewrite"}]}  # fmt: skip
+        return {"facts": [{"event": "ADD", "fact": "new fact"},
+                               {"event": "UPDATE", "id": 0, "fact": "stale rewrite of the fact, changed meanwhile"}]}  # fmt: skip
 
     with Memory(bank, embedder=tiny_embedder, manager=ScriptedLLM(manager)) as mem:
         mem.add("the fact", user="u")
         turns = mem.stats()["turns"]
         with pytest.raises(Conflict, match="Retry the turn"):
-            mem.observe("a turn", user="u")
+            mem.observe("a turn with a new fact and a stale rewrite", user="u")
         assert calls["n"] == OBSERVE_ATTEMPTS
         assert [i.text for i in mem.list(user="u")] == [f"changed meanwhile {OBSERVE_ATTEMPTS}"]
         assert mem.stats()["turns"] == turns and mem.check() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,17 @@ def test_a_quantized_model_observes_and_answers(smol: Memory) -> None:
     answer = smol.ask("What is the name of Andrew's dog?", user="andrew")
     assert answer.retrieved >= 1 and answer.llm_calls >= 1 and answer.text
     assert smol.check() == []
+
+
+def test_smollm2_remembers_buddy_and_stores_no_small_talk(smol: Memory, caplog: pytest.LogCaptureFixture) -> None:
+    """Before the fact-first contract, SmolLM2 deleted ids 1-8 on an empty bank and stored nothing (issue 11)."""
+    caplog.set_level(logging.WARNING, logger="memr1")
+    hello = smol.observe("Hey, how are you?", speaker="Andrew", at="2023-05-08T13:55", user="andrew")
+    assert [op.kind for op in hello if op.kind != "NOOP"] == [] and smol.list(user="andrew") == []
+    buddy = smol.observe("I adopted a dog named Buddy.", speaker="Andrew", at="2023-05-08T13:56", user="andrew")
+    assert "ADD" in [op.kind for op in buddy]
+    assert any("Buddy" in m.text for m in smol.list(user="andrew"))
+    assert smol.usage["llm_calls"] == 2  # every output parsed the first time: no retry
+    assert not [r for r in caplog.records if "which was not shown" in r.getMessage()]
+    answer = smol.ask("What is the name of Andrew's dog?", user="andrew", sources="both")
+    assert answer.retrieved >= 2 and answer.text  # the memory and the raw turn both reach the answer agent

@@ -52,12 +52,12 @@ class Tenants(RuleBasedStateMachine):
         owner = turn["speaker"]
         memories = shown(messages)
         self.leaks += [m["text"] for m in memories if not m["text"].startswith(f"{owner}:")]
-        ops = [{"event": "ADD", "id": -1, "text": f"{owner}: observed {turn['text']}"}]
+        ops = [{"event": "ADD", "fact": f"{owner}: observed {turn['text']}"}]
         if memories:  # try to change everything shown, and ids that were not
-            ops += [{"event": "UPDATE", "id": memories[0]["id"], "text": f"{owner}: revised {self._next()}"},
-                    {"event": "DELETE", "id": memories[-1]["id"], "text": ""}]  # fmt: skip
-        ops += [{"event": "DELETE", "id": i, "text": ""} for i in (len(memories), 99, -5)]
-        return {"operations": ops}
+            ops += [{"event": "UPDATE", "id": memories[0]["id"], "fact": f"{owner}: revised {self._next()}"},
+                    {"event": "DELETE", "id": memories[-1]["id"], "fact": f"{owner}: observed a replacement"}]  # fmt: skip
+        ops += [{"event": "DELETE", "id": i, "fact": f"{owner}: observed"} for i in (len(memories), -5)]
+        return {"facts": ops}
 
     def _answer(self, messages) -> dict:
         memories = shown(messages)

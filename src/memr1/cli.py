@@ -30,7 +30,9 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _remember_threads(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     try:
-        ctx.meta["memr1.threads"] = per_role_threads(parse_threads(value))
+        threads = parse_threads(value)
+        per_role_threads(threads)  # refused here, as a usage error, rather than when the bank opens
+        ctx.meta["memr1.threads"] = threads
     except MemR1Error as e:
         raise click.BadParameter(str(e)) from None
 

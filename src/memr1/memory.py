@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import os
@@ -12,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import ValidationError
@@ -28,6 +30,7 @@ from .schema import (
     Hit,
     MemoryItem,
     Operation,
+    StoredTurn,
     Turn,
     check_id,
     check_label,
@@ -43,7 +46,25 @@ from .store import DEFAULT_BUSY_TIMEOUT_MS, Change, Store
 log = logging.getLogger("memr1")
 DEFAULT_USER = "default"
 EXPORT_VERSION = 1
+MANAGER_MAX_TOKENS = 448  # five facts of up to 200 characters, in JSON: the grammar closes it before this
+SOURCES = ("memories", "turns", "both")
+Sources = Literal["memories", "turns", "both"]
+DEFAULT_SOURCES: Sources = "memories"
 OBSERVE_ATTEMPTS = 5  # a turn re-decided on fresh memories when concurrent writers changed the ones it touches
+
+
+class Shown(NamedTuple):
+    """An item the Answer Agent may be shown: a memory or a raw turn, under a key that says which."""
+
+    key: tuple[str, int]
+    text: str
+    at: datetime | None
+    item: MemoryItem | StoredTurn
+
+
+def turn_line(speaker: str | None, text: str) -> str:
+    """How a raw turn is embedded and shown: who said it matters to "What did Caroline..." questions."""
+    return f"{speaker}: {text}" if speaker else text
 
 
 class Memory:
@@ -85,9 +106,10 @@ class Memory:
         self._manager: LLM | None = None
         self._answerer: LLM | None = None
         self.related_k = related_k
-        self.usage = {"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "llm_seconds": 0.0}
+        self.usage = {"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "llm_seconds": 0.0, "dropped_ops": 0}
         self._usage_lock = threading.Lock()
         self._index: retrieval.VectorIndex | None = None
+        self._turns: retrieval.TurnIndex | None = None
         recorded = self.store.meta().get("embedder_ref") or None
         if isinstance(embedder, Embedder):
             self.embedder: Embedder = embedder
@@ -117,6 +139,7 @@ class Memory:
             ref = getattr(self.embedder, "ref", None)
             self.store.bind_embedder(self.embedder.identity, self.embedder.dim, ref)
             self._index = retrieval.VectorIndex(self.embedder.dim)
+            self._turns = retrieval.TurnIndex(self.embedder.dim)
         return self._index
 
     def _embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
@@ -277,14 +300,37 @@ class Memory:
                                     n_threads=self._threads["answerer"])  # fmt: skip
         return self._answerer
 
-    def _consult(self, llm: LLM, hits: list[Hit], schema: dict[str, Any], parser: Callable[..., Any], *,
-                 build: Callable[[list[prompts.Shown]], list[dict[str, str]]], max_tokens: int) -> Completion:  # fmt: skip
-        """One constrained call about `hits`, shown under small ids: as many of the best-ranked as the context holds."""
+    def _retrieve(self, question: str, k: int, *, user: str, sources: Sources) -> list[Shown]:
+        """What the Answer Agent is shown: memories, turns (as "Speaker: text"), or both interleaved by rank."""
+        memories: list[Shown] = []
+        turns: list[Shown] = []
+        if sources != "turns":
+            memories = [Shown(("memory", h.memory.id), h.memory.text, h.memory.at, h.memory)
+                        for h in self.search(question, k, user=user)]  # fmt: skip
+        if sources != "memories":
+            self._bind()
+            assert self._turns is not None
+            vector = self._embed([question], query=True)[0]
+            ranked = retrieval.search_turns(self.store, self._turns, vector, question, k=k, user=user)
+            found = self.store.get_turns([tid for tid, _ in ranked])
+            turns = [Shown(("turn", tid), prompts.absolute_dates(turn_line(t.speaker, t.text), t.at), t.at, t)
+                     for tid, _ in ranked if (t := found.get(tid)) is not None]  # fmt: skip
+        mixed = [item for pair in itertools.zip_longest(memories, turns) for item in pair if item is not None]
+        return mixed[:k]
+
+    def _consult(self, llm: LLM, hits: list[Any], schema: Callable[[list[prompts.Shown]], dict[str, Any]],
+                 parser: Callable[..., Any], *, build: Callable[[list[prompts.Shown]], list[dict[str, str]]],
+                 max_tokens: int) -> Completion:  # fmt: skip
+        """One constrained call about `hits`, shown under small ids: as many of the best-ranked as the context holds.
+
+        The schema is built for what is shown, so the grammar cannot name an id that was not."""
         while True:
-            shown = prompts.shown_memories([(h.memory.id, h.memory.text, h.memory.at) for h in hits])
-            ids = [h.memory.id for h in hits]
+            items = [(h.memory.id, h.memory.text, h.memory.at) if isinstance(h, Hit) else (h.key, h.text, h.at)
+                     for h in hits]  # fmt: skip
+            shown = prompts.shown_memories(items)
+            ids = [key for key, _, _ in items]
             try:
-                completion = llm.complete(build(shown), schema, max_tokens=max_tokens,
+                completion = llm.complete(build(shown), schema(shown), max_tokens=max_tokens,
                                           parse=lambda raw, shown=shown, ids=ids: parser(raw, shown, ids))  # fmt: skip
             except PromptTooLong as e:
                 if not hits:
@@ -328,6 +374,7 @@ class Memory:
         row = {"user": user, "text": text, "speaker": check_label(turn.speaker, "speaker"),
                "session": check_label(turn.session, "session"), "at": turn.at,
                "metadata": check_metadata(turn.metadata)}  # fmt: skip
+        row["vector"] = self._embed([turn_line(turn.speaker, text)])[0].tobytes()  # for ask(sources=...)
         attempt = 0
         while True:
             attempt += 1
@@ -335,7 +382,9 @@ class Memory:
             # DELETE whose memory changed since; then the turn is decided again on fresh memories.
             related = self.search(text, self.related_k, user=user) if self.related_k else []
             completion = self._consult(
-                self.manager, related, prompts.MANAGER_SCHEMA, prompts.parse_manager, max_tokens=768,
+                self.manager, related, lambda shown: prompts.manager_schema([m.id for m in shown]),
+                functools.partial(prompts.parse_manager, turn=text, speaker=turn.speaker, at=turn.at),
+                max_tokens=MANAGER_MAX_TOKENS,
                 build=lambda shown: prompts.manager_messages(text, speaker=turn.speaker, at=turn.at,
                                                              session=turn.session, memories=shown),
             )  # fmt: skip
@@ -365,7 +414,9 @@ class Memory:
                 log.info("observe: %s; deciding the turn again (attempt %d)", e, attempt + 1)
                 time.sleep(random.uniform(0, 0.01 * attempt))  # writers that collided should not collide again
                 continue
-            return [
+            with self._usage_lock:
+                self.usage["dropped_ops"] += len(plan.dropped)
+            applied = [
                 Operation(
                     kind=op.event,
                     memory_id=item.id if item else op.memory_id,  # type: ignore[arg-type]
@@ -374,6 +425,9 @@ class Memory:
                 )  # fmt: skip
                 for op, item in zip(plan.ops, items, strict=True)
             ]
+            held = [Operation(kind="NOOP", memory_id=mid, text=seen[mid].text if mid in seen else None)
+                    for mid in plan.noops]  # fmt: skip
+            return applied + held
 
     def observe_many(self, turns: Iterable[Turn | dict[str, Any]], *, user: str = DEFAULT_USER,
                      progress: bool = True) -> list[Operation]:  # fmt: skip
@@ -393,28 +447,36 @@ class Memory:
     ingest = observe_many
 
     def ask(self, question: str, *, user: str = DEFAULT_USER, k: int = 60, now: datetime | str | None = None,
-            distill: bool = True) -> Answer:  # fmt: skip
-        """Answer Agent: retrieve up to k memories, distil the ones that matter, answer briefly.
+            distill: bool = True, sources: Sources = DEFAULT_SOURCES) -> Answer:  # fmt: skip
+        """Answer Agent: retrieve up to k items, distil the ones that matter, answer briefly.
 
-        `distill=False` is the paper's ablation: the model answers from all k memories without selecting.
+        `sources` says what is retrieved: the manager's "memories", the raw "turns" as they were said, or
+        "both" (the best-ranked of each, alternating), so a fact the manager missed is not lost to ask.
+        `distill=False` is the paper's ablation: the model answers from all k items without selecting.
         """
         question, user = check_text(question, "question"), check_user(user)
+        if sources not in SOURCES:
+            raise InvalidInput(f"sources must be one of {', '.join(SOURCES)}, not {sources!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
+            raise InvalidInput(f"k must be an int from 1 to 1000, got {k!r}")
         start = time.perf_counter()
-        hits = self.search(question, k, user=user)
+        hits = self._retrieve(question, k, user=user, sources=sources)
         if not hits:  # nothing to distil: say so instead of letting the model invent
             return Answer(text=prompts.UNKNOWN_ANSWER, seconds=time.perf_counter() - start)
         asked_on = parse_time(now, "now")
         schema, parser = (
-            (prompts.ANSWER_SCHEMA, prompts.parse_answer) if distill
-            else (prompts.DIRECT_ANSWER_SCHEMA, prompts.parse_direct_answer)
+            (lambda shown: prompts.answer_schema(len(shown)), prompts.parse_answer) if distill
+            else (lambda shown: prompts.DIRECT_ANSWER_SCHEMA, prompts.parse_direct_answer)
         )  # fmt: skip
         completion = self._consult(
             self.answerer, hits, schema, parser, max_tokens=256,
             build=lambda shown: prompts.answer_messages(question, memories=shown, now=asked_on, distill=distill),
         )  # fmt: skip
         text, selected = completion.value
-        by_id = {h.memory.id: h.memory for h in hits}
-        return Answer(text=text, selected=[by_id[i] for i in selected], retrieved=len(hits),
+        by_key = {h.key: h.item for h in hits}
+        chosen = [by_key[key] for key in selected]
+        return Answer(text=text, selected=[i for i in chosen if isinstance(i, MemoryItem)],
+                      selected_turns=[i for i in chosen if isinstance(i, StoredTurn)], retrieved=len(hits),
                       prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
                       llm_calls=completion.attempts, seconds=time.perf_counter() - start)  # fmt: skip
 
@@ -439,6 +501,10 @@ def _file_path(path: object, what: str) -> Path:
         raise InvalidInput(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
     if "\x00" in os.fspath(path) or not os.fspath(path).strip():
         raise InvalidInput(f"{what} must be a non-empty path without NUL, got {os.fspath(path)!r}"[:200])
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate: no file system can hold that name
+        raise InvalidInput(f"{what} cannot be encoded for the file system: {os.fspath(path)!r}"[:200]) from None
     return Path(path)
 
 

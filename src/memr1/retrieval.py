@@ -337,3 +337,67 @@ def search(store: Store, index: VectorIndex, query_vector: np.ndarray | None, qu
         for m in top
         if m in items  # deleted between the two reads
     ]
+
+
+# ---- raw turns: what the Memory Manager missed is still there for `ask` ----
+
+
+class TurnIndex:
+    """Each user's turn vectors in memory, in id order. Turns are append-only (only a user's erasure removes
+    them), so keeping up means appending what is past the last id seen, and rebuilding when the count drops."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.lock = threading.Lock()
+        self._users: dict[str, tuple[tuple[int, int], np.ndarray, list[str | None], np.ndarray]] = {}
+
+    def rows(self, store: Store, user: str) -> tuple[np.ndarray, list[str | None], np.ndarray]:
+        """(turn ids, sessions, unit vectors) of the user's turns that have a vector."""
+        state = store.turn_state(user)
+        with self.lock:
+            cached = self._users.get(user)
+            if cached is not None and cached[0] == state:
+                return cached[1], cached[2], cached[3]
+            grow = cached is not None and state[0] >= cached[0][0] and state[1] >= cached[0][1]
+            after = int(cached[1][-1]) if grow and cached and len(cached[1]) else 0
+            fresh = store.turn_vectors(user, after if grow else 0)
+            ids = np.asarray([r[0] for r in fresh], np.int64)
+            vecs = np.frombuffer(b"".join(r[2] for r in fresh), np.float32).reshape(len(fresh), self.dim)
+            sessions = [r[1] for r in fresh]
+            if grow and cached is not None:
+                ids, sessions, vecs = (np.concatenate([cached[1], ids]), cached[2] + sessions,
+                                       np.concatenate([cached[3], vecs]))  # fmt: skip
+            self._users[user] = (state, ids, sessions, vecs)
+            return ids, sessions, vecs
+
+
+def search_turns(store: Store, index: TurnIndex, query_vector: np.ndarray | None, query: str, *, k: int,
+                 user: str, tuning: Tuning = DEFAULT_TUNING) -> list[tuple[int, float]]:  # fmt: skip
+    """Top-k (turn id, score) by the fusion memories use: vectors and BM25, a time boost for "when"
+    questions, and a share of the score for the turns said just before and after in the same session."""
+    depth = max(k, tuning.depth)
+    ids, sessions, vecs = index.rows(store, user)
+    vector: list[tuple[int, float]] = []
+    if query_vector is not None and len(ids):
+        sims = vecs @ query_vector.astype(np.float32)
+        top = np.argsort(-sims, kind="stable")[:depth]
+        vector = [(int(ids[i]), float(sims[i])) for i in top]
+    text: list[tuple[int, float]] = []
+    if match := fts_query(query):
+        text = [(tid, -bm25) for tid, bm25 in store.turns_fts(match, limit=depth, user=user)]
+    fused = fuse_scores((vector, 1.0, None), (text, tuning.text_weight, 0.0 if len(text) < depth else None))
+    if tuning.time_boost and fused and asks_when(query):
+        for tid, turn in store.get_turns(list(fused)).items():
+            fused[tid] += tuning.time_boost if states_time(turn.text) else 0.0
+    if tuning.context and fused and len(ids):
+        place = {int(t): i for i, t in enumerate(ids)}
+        links = []
+        for tid in fused:
+            if (i := place.get(tid)) is None:
+                continue
+            for distance in range(1, len(tuning.context) + 1):
+                for j in (i - distance, i + distance):
+                    if 0 <= j < len(ids) and sessions[j] == sessions[i]:
+                        links.append((tid, int(ids[j]), distance))
+        fused = spread(fused, links, tuning.context)
+    return sorted(fused.items(), key=lambda item: -item[1])[:k]

@@ -65,6 +65,7 @@ class Operation(_Model):
 class Answer(_Model):
     text: str
     selected: list[MemoryItem] = Field(default_factory=list)  # the memories the agent distilled
+    selected_turns: list[StoredTurn] = Field(default_factory=list)  # the raw turns it distilled
     retrieved: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -83,6 +84,12 @@ class Turn(_Model):
     session: str | None = None
     user: str = "default"
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class StoredTurn(Turn):
+    """A raw dialogue turn as the bank keeps it: what `ask(sources="turns"|"both")` reads and cites."""
+
+    id: int
 
 
 # ---- validators: each raises InvalidInput with a message a user can act on ----

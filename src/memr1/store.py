@@ -21,7 +21,7 @@ from typing import Any
 import sqlite_vec
 
 from .errors import BankBusy, BankError, Conflict, ExtensionUnavailable, IncompatibleBank, InvalidInput, MemoryNotFound
-from .schema import HistoryEntry, MemoryItem, check_key, utcnow
+from .schema import HistoryEntry, MemoryItem, StoredTurn, check_key, utcnow
 
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
 
@@ -121,6 +121,25 @@ _MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE TRIGGER memories_au AFTER UPDATE OF text ON memories BEGIN
             INSERT INTO fts_memories(fts_memories, rowid, text) VALUES ('delete', old.id, old.text);
             INSERT INTO fts_memories(rowid, text) VALUES (new.id, new.text);
+        END;
+        """,
+    ),
+    (
+        2,
+        "raw turns searchable: FTS5 over speaker and text, and a vector per turn",
+        """
+        CREATE VIRTUAL TABLE fts_turns USING fts5(
+            speaker, text, content='turns', content_rowid='id',
+            tokenize='porter unicode61 remove_diacritics 2'
+        );
+        INSERT INTO fts_turns(fts_turns) VALUES ('rebuild');
+        CREATE TABLE turn_vectors (turn_id INTEGER PRIMARY KEY, embedding BLOB NOT NULL);
+        CREATE TRIGGER turns_ai AFTER INSERT ON turns BEGIN
+            INSERT INTO fts_turns(rowid, speaker, text) VALUES (new.id, new.speaker, new.text);
+        END;
+        CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN
+            INSERT INTO fts_turns(fts_turns, rowid, speaker, text) VALUES ('delete', old.id, old.speaker, old.text);
+            DELETE FROM turn_vectors WHERE turn_id = old.id;
         END;
         """,
     ),
@@ -420,13 +439,44 @@ class Store:
         )
 
     def add_turn(self, conn: Any, *, user: str, text: str, speaker: str | None, session: str | None,
-                 at: datetime | None, metadata: dict[str, Any]) -> int:  # fmt: skip
-        """Insert a raw turn inside the caller's transaction."""
-        return conn.execute(
+                 at: datetime | None, metadata: dict[str, Any], vector: bytes | None = None) -> int:  # fmt: skip
+        """Insert a raw turn (and its vector, for `ask(sources=...)`) inside the caller's transaction."""
+        turn_id = conn.execute(
             "INSERT INTO turns (user_id, session, speaker, text, at, created_at, metadata) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (user, session, speaker, text, _iso(at), utcnow().isoformat(), json.dumps(metadata)),
         ).fetchone()[0]
+        if vector is not None:
+            conn.execute("INSERT INTO turn_vectors (turn_id, embedding) VALUES (?, ?)", (turn_id, vector))
+        return turn_id
+
+    def turn_state(self, user: str) -> tuple[int, int]:
+        """(count, last id) of a user's turns: what a cached copy of their vectors must match."""
+        return tuple(self.query("SELECT count(*), coalesce(max(id), 0) FROM turns WHERE user_id = ?", (user,))[0])
+
+    def turn_vectors(self, user: str, after: int = 0) -> list[tuple[int, str | None, bytes]]:
+        """(turn id, session, vector) of a user's turns past `after`, by id; turns without a vector
+        (imported, or stored before turns had them) are found by words alone."""
+        return self.query(
+            "SELECT t.id, t.session, v.embedding FROM turns t JOIN turn_vectors v "
+            "ON v.turn_id = t.id WHERE t.user_id = ? AND t.id > ? ORDER BY t.id",
+            (user, after),
+        )
+
+    def turns_fts(self, match: str, *, limit: int, user: str) -> list[tuple[int, float]]:
+        return self.query(
+            "SELECT t.id, bm25(fts_turns) FROM fts_turns JOIN turns t ON t.id = fts_turns.rowid "
+            "WHERE fts_turns MATCH ? AND t.user_id = ? ORDER BY bm25(fts_turns) LIMIT ?",
+            (match, user, limit),
+        )
+
+    def get_turns(self, ids: Sequence[int]) -> dict[int, StoredTurn]:
+        marks = ",".join("?" * len(ids))
+        rows = self.query(f"SELECT id, user_id, session, speaker, text, at, metadata FROM turns WHERE id IN ({marks})",
+                          list(ids))  # fmt: skip
+        return {r[0]: StoredTurn(id=r[0], user=r[1], session=r[2], speaker=r[3], text=r[4],
+                                 at=datetime.fromisoformat(r[5]) if r[5] else None, metadata=json.loads(r[6]))
+                for r in rows}  # fmt: skip
 
     def delete_turns(self, conn: Any, user: str) -> int:
         return conn.execute("DELETE FROM turns WHERE user_id = ?", (user,)).rowcount

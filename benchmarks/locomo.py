@@ -77,8 +77,14 @@ class Settings:
         return {"manager": self.manager, "embedder": self.embedder, "base_url": self.base_url}
 
     def answer_identity(self) -> dict[str, Any]:
-        return {**self.bank_identity(), "answerer": self.answerer, "k": self.k, "max_ctx": self.max_ctx,
-                "memr1_k": self.memr1_k, "sources": self.sources}
+        return {
+            **self.bank_identity(),
+            "answerer": self.answerer,
+            "k": self.k,
+            "max_ctx": self.max_ctx,
+            "memr1_k": self.memr1_k,
+            "sources": self.sources,
+        }
 
 
 # ---- models ----
@@ -207,8 +213,10 @@ def ingest(conv: Conversation, mem: Memory, method: str, log_path: Path, progres
             record["error"] = f"{type(e).__name__}: {e}"
         record["seconds"] = time.perf_counter() - start
         record.update(
-            {key: mem.usage[key] - before[key]
-             for key in ("llm_calls", "prompt_tokens", "completion_tokens", "dropped_ops")}  # fmt: skip
+            {
+                key: mem.usage[key] - before[key]
+                for key in ("llm_calls", "prompt_tokens", "completion_tokens", "dropped_ops")
+            }  # fmt: skip
         )
         append_jsonl(log_path, record)
     return read_jsonl(log_path)
@@ -448,7 +456,10 @@ def markdown(results: dict[str, Any]) -> str:
     ours = {name: m["costs"] for name, m in methods.items() if m["costs"]["turn"]["count"] and name != "rag"}
     if ours:
         lines += ["", "## Memory Manager: operations per observed turn", ""]
-        lines += ["| Method | ADD | UPDATE | DELETE | NOOP | dropped | memories per turn |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| Method | ADD | UPDATE | DELETE | NOOP | dropped | memories per turn |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, c in ours.items():
             o = c["ops_per_turn"]
             lines.append(f"| {name} | {_fmt(o['ADD'])} | {_fmt(o['UPDATE'])} | {_fmt(o['DELETE'])} | {_fmt(o['NOOP'])} "
@@ -524,8 +535,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-base-url", help="an OpenAI-compatible server for the judge")
     p.add_argument("-k", type=int, default=60, help="memories (or turns, for rag) retrieved per question")
     p.add_argument("--memr1-k", type=int, help="k for the memr1 methods (default: -k)")
-    p.add_argument("--sources", choices=SOURCES, default=DEFAULT_SOURCES,
-                   help="what ask() retrieves for the memr1 methods: the manager's memories, raw turns, or both")
+    p.add_argument(
+        "--sources",
+        choices=SOURCES,
+        default=DEFAULT_SOURCES,
+        help="what ask() retrieves for the memr1 methods: the manager's memories, raw turns, or both",
+    )
     p.add_argument("--gpu-layers", type=int, default=0, help="llama.cpp layers to offload (-1: all)")
     p.add_argument("--threads", type=int, help="llama.cpp CPU threads")
     p.add_argument("--max-ctx", type=int, default=8192, help="cap on each llama.cpp context")

@@ -45,13 +45,21 @@ CASES = [
     Case("buddy", "new fact", ["I adopted a dog named Buddy."], has=[["Buddy", "dog"]]),
     Case("nurse", "new fact", ["I just started my new job as a nurse at the city hospital."], has=[["nurse"]]),
     Case("seattle", "new fact", ["We're moving to Seattle next spring, I can't wait!"], has=[["Seattle"]]),
-    Case("painting", "new fact", ["Painting has become my favourite hobby, I paint landscapes every weekend."],
-         has=[["paint"]]),  # fmt: skip
+    Case(
+        "painting",
+        "new fact",
+        ["Painting has become my favourite hobby, I paint landscapes every weekend."],
+        has=[["paint"]],
+    ),  # fmt: skip
     Case("sister", "new fact", ["My sister Emma is visiting from London this summer."], has=[["Emma"]]),
     Case("peanuts", "new fact", ["Be careful with snacks, I'm allergic to peanuts."], has=[["peanut"]]),
     Case("book", "new fact", ["My favourite book is Dune, I've read it five times."], has=[["Dune"]]),
-    Case("two facts", "new fact", ["I play the violin, and my daughter Lily just turned six."],
-         has=[["violin"], ["Lily"]]),  # fmt: skip
+    Case(
+        "two facts",
+        "new fact",
+        ["I play the violin, and my daughter Lily just turned six."],
+        has=[["violin"], ["Lily"]],
+    ),  # fmt: skip
     # small talk: nothing stored
     Case("greeting", "small talk", ["Hey Caroline, how are you doing?"], count=0),
     Case("thanks", "small talk", ["Thanks so much, talk to you soon!"], count=0),
@@ -60,35 +68,95 @@ CASES = [
     Case("question", "small talk", ["What about you, what have you been up to?"], count=0),
     Case("bye", "small talk", ["Okay, bye for now, take care!"], count=0),
     # relative dates, resolved against the turn's date (Monday 8 May 2023)
-    Case("yesterday", "relative date", ["I went to an LGBTQ support group yesterday, it was so powerful."],
-         speaker="Caroline", has=[["support", "7 May 2023"]]),  # fmt: skip
-    Case("tomorrow", "relative date", ["I'm flying to Tokyo tomorrow for a conference."], has=[["Tokyo", "9 May 2023"]]),
+    Case(
+        "yesterday",
+        "relative date",
+        ["I went to an LGBTQ support group yesterday, it was so powerful."],
+        speaker="Caroline",
+        has=[["support", "7 May 2023"]],
+    ),  # fmt: skip
+    Case(
+        "tomorrow", "relative date", ["I'm flying to Tokyo tomorrow for a conference."], has=[["Tokyo", "9 May 2023"]]
+    ),
     Case("last week", "relative date", ["Last week I ran my first 5k race!"], has=[["5k", "week before 8 May 2023"]]),
     Case("years ago", "relative date", ["I started pottery two years ago."], has=[["pottery", "2021"]]),
     Case("last friday", "relative date", ["Last Friday I went camping with my kids."], has=[["camping", "5 May 2023"]]),
     # a fact already held: no write
-    Case("known dog", "known fact", ["Buddy, my dog, is doing great!"], seed=["Andrew has a dog named Buddy."],
-         count=1, has=[["Buddy"]]),  # fmt: skip
+    Case(
+        "known dog",
+        "known fact",
+        ["Buddy, my dog, is doing great!"],
+        seed=["Andrew has a dog named Buddy."],
+        count=1,
+        has=[["Buddy"]],
+    ),  # fmt: skip
     Case("known job", "known fact", ["Yeah, I still work as a nurse."], seed=["Andrew works as a nurse."], count=1),
     Case("known city", "known fact", ["Like I said, I live in Seattle."], seed=["Andrew lives in Seattle."], count=1),
     # consolidation by UPDATE, keeping what is still true
-    Case("scout", "consolidation", ["I adopted a dog named Buddy.", "I adopted another dog, Scout!"],
-         has=[["Buddy", "Scout"]], last_ops={"UPDATE"}),  # fmt: skip
-    Case("scout seeded", "consolidation", ["I adopted another dog, Scout!"], seed=["Andrew adopted a dog named Buddy."],
-         has=[["Buddy", "Scout"]], last_ops={"UPDATE"}),  # fmt: skip
-    Case("second language", "consolidation", ["I've started learning Italian too."], seed=["Andrew speaks Spanish."],
-         has=[["Spanish", "Italian"]], last_ops={"UPDATE"}),  # fmt: skip
-    Case("more kids", "consolidation", ["Our second son, Noah, was born last month!"],
-         seed=["Andrew has a son named Leo."], has=[["Noah"]], last_ops={"UPDATE", "ADD"}),  # fmt: skip
+    Case(
+        "scout",
+        "consolidation",
+        ["I adopted a dog named Buddy.", "I adopted another dog, Scout!"],
+        has=[["Buddy", "Scout"]],
+        last_ops={"UPDATE"},
+    ),  # fmt: skip
+    Case(
+        "scout seeded",
+        "consolidation",
+        ["I adopted another dog, Scout!"],
+        seed=["Andrew adopted a dog named Buddy."],
+        has=[["Buddy", "Scout"]],
+        last_ops={"UPDATE"},
+    ),  # fmt: skip
+    Case(
+        "second language",
+        "consolidation",
+        ["I've started learning Italian too."],
+        seed=["Andrew speaks Spanish."],
+        has=[["Spanish", "Italian"]],
+        last_ops={"UPDATE"},
+    ),  # fmt: skip
+    Case(
+        "more kids",
+        "consolidation",
+        ["Our second son, Noah, was born last month!"],
+        seed=["Andrew has a son named Leo."],
+        has=[["Noah"]],
+        last_ops={"UPDATE", "ADD"},
+    ),  # fmt: skip
     # contradiction: updated or deleted
-    Case("meat", "contradiction", ["I started eating meat again last month."], seed=["Andrew is vegetarian."],
-         has=[["meat"]], last_ops={"UPDATE", "DELETE"}),  # fmt: skip
-    Case("denver", "contradiction", ["I just moved from Boston to Denver!"], seed=["Andrew lives in Boston."],
-         has=[["Denver"]], last_ops={"UPDATE", "DELETE"}),  # fmt: skip
-    Case("quit job", "contradiction", ["I quit my job at the bank, I'm a teacher now."],
-         seed=["Andrew works at a bank."], has=[["teacher"]], last_ops={"UPDATE", "DELETE"}),  # fmt: skip
-    Case("single", "contradiction", ["Sarah and I broke up, so I'm single again."],
-         seed=["Andrew is dating Sarah."], has=[["single"]], last_ops={"UPDATE", "DELETE"}),  # fmt: skip
+    Case(
+        "meat",
+        "contradiction",
+        ["I started eating meat again last month."],
+        seed=["Andrew is vegetarian."],
+        has=[["meat"]],
+        last_ops={"UPDATE", "DELETE"},
+    ),  # fmt: skip
+    Case(
+        "denver",
+        "contradiction",
+        ["I just moved from Boston to Denver!"],
+        seed=["Andrew lives in Boston."],
+        has=[["Denver"]],
+        last_ops={"UPDATE", "DELETE"},
+    ),  # fmt: skip
+    Case(
+        "quit job",
+        "contradiction",
+        ["I quit my job at the bank, I'm a teacher now."],
+        seed=["Andrew works at a bank."],
+        has=[["teacher"]],
+        last_ops={"UPDATE", "DELETE"},
+    ),  # fmt: skip
+    Case(
+        "single",
+        "contradiction",
+        ["Sarah and I broke up, so I'm single again."],
+        seed=["Andrew is dating Sarah."],
+        has=[["single"]],
+        last_ops={"UPDATE", "DELETE"},
+    ),  # fmt: skip
 ]
 
 

@@ -171,9 +171,7 @@ def test_ask_distils_and_answers(agent_bank) -> None:
 
 
 def test_ask_without_distillation_answers_from_every_retrieved_memory(agent_bank) -> None:
-    mem = agent_bank(
-        [{"facts": [{"event": "ADD", "fact": t}]} for t in ("Andrew has a dog.", "Andrew is a nurse.")]
-    )
+    mem = agent_bank([{"facts": [{"event": "ADD", "fact": t}]} for t in ("Andrew has a dog.", "Andrew is a nurse.")])
     mem.observe("I have a dog", user="andrew")
     mem.observe("I am a nurse", user="andrew")
     seen = []

@@ -83,7 +83,9 @@ def dog_namer(messages):
 
 
 def ops(*operations) -> str:
-    return json.dumps({"facts": [{"fact": t, "event": e, **({} if e == "ADD" else {"id": i})} for e, i, t in operations]})
+    return json.dumps(
+        {"facts": [{"fact": t, "event": e, **({} if e == "ADD" else {"id": i})} for e, i, t in operations]}
+    )
 
 
 @pytest.mark.parametrize(

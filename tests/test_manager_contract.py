@@ -96,7 +96,8 @@ def test_delete_stores_the_fact_that_replaced_the_memory_and_ids_must_have_been_
                 {"fact": "Andrew stopped being vegetarian and eats meat.", "event": "UPDATE", "id": 0},
                 {"fact": "Andrew eats meat.", "event": "DELETE", "id": 5}], vegetarian, [7], turn)  # fmt: skip
     assert [(op.event, op.memory_id, op.text) for op in out.ops] == [
-        ("DELETE", 7, ""), ("ADD", None, "Andrew is no longer vegetarian, he eats meat."),
+        ("DELETE", 7, ""),
+        ("ADD", None, "Andrew is no longer vegetarian, he eats meat."),
         ("ADD", None, "Andrew stopped being vegetarian and eats meat."),
     ]  # a second change to one memory becomes an ADD
     assert out.dropped == ["DELETE names id 5, which was not shown"]
@@ -152,7 +153,9 @@ def test_turns_reach_the_answer_agent_when_the_manager_stored_nothing(talk: Memo
 def test_both_sources_interleave_memories_and_turns(talk: Memory) -> None:
     talk.add("Melanie paints sunrises.", user="c")
     seen = []
-    talk._answerer = ScriptedLLM(lambda m: seen.append(prompt_data(m, "MEMORIES")) or {"selected": [0, 1], "answer": "x"})
+    talk._answerer = ScriptedLLM(
+        lambda m: seen.append(prompt_data(m, "MEMORIES")) or {"selected": [0, 1], "answer": "x"}
+    )
     out = talk.ask("What does Melanie paint?", user="c", sources="both", k=3)
     assert [m["text"] for m in seen[0]][0] == "Melanie paints sunrises." and len(seen[0]) == 3
     assert [m.text for m in out.selected] == ["Melanie paints sunrises."] and len(out.selected_turns) == 1
@@ -163,7 +166,9 @@ def test_both_sources_interleave_memories_and_turns(talk: Memory) -> None:
 def test_turns_of_a_bank_from_before_are_searchable_after_the_upgrade(bank: Path, tiny_embedder: Path) -> None:
     """A bank written by schema 1 has turns without an FTS index or vectors: migration 2 indexes their words."""
     with sqlite3.connect(bank) as conn:
-        conn.execute("CREATE TABLE migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
+        conn.execute(
+            "CREATE TABLE migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
         for statement in _statements(_MIGRATIONS[0][2]):
             conn.execute(statement)
         conn.execute("INSERT INTO migrations VALUES (1, 'initial schema', '2026-01-01')")

@@ -36,11 +36,16 @@ def manager(messages: list[dict[str, str]]) -> dict[str, Any]:
 
     turn, memories = prompt_data(messages, "TURN"), prompt_data(messages, "MEMORIES")
     tag = turn["text"].split()[0]
-    ops = [{"event": "ADD", "fact": f"fact from {tag}"}]
+    who = turn["speaker"]  # a fact names someone, or the parser drops it
+    ops = [{"event": "ADD", "fact": f"{who} fact from {tag}"}]
     if memories:
-        ops.append({"event": "UPDATE", "id": memories[0]["id"], "fact": f"{tag} revised {memories[0]['text']}"})
+        ops.append(
+            {"event": "UPDATE", "id": memories[0]["id"], "fact": f"{who} {tag} revised {memories[0]['text']}"[:200]}
+        )
     if len(memories) > 4:
-        ops.append({"event": "DELETE", "id": memories[-1]["id"], "fact": f"{tag} replaced {memories[-1]['text']}"})
+        ops.append(
+            {"event": "DELETE", "id": memories[-1]["id"], "fact": f"{who} {tag} replaced {memories[-1]['text']}"[:200]}
+        )
     return {"facts": ops}
 
 

@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-OPS_PER_TURN = 3  # ADDs the scripted manager makes for every turn, besides an UPDATE and a DELETE
+OPS_PER_TURN = 1  # ADDs the scripted manager makes for every turn, besides an UPDATE and a DELETE: three facts
 IMPORT_SIZE = 40  # memories in the file each import brings in
 MODES = ("observe", "ingest", "import")
 
@@ -34,12 +34,16 @@ def manager(messages: list[dict[str, str]]) -> dict[str, Any]:
 
     turn, memories = prompt_data(messages, "TURN"), prompt_data(messages, "MEMORIES")
     tag = turn["text"].split()[0]
-    ops = [{"event": "ADD", "fact": f"{tag} fact {j}"} for j in range(OPS_PER_TURN)]
+    ops = [{"event": "ADD", "fact": f"Ann {tag} fact {j}"} for j in range(OPS_PER_TURN)]
     # changes name what they change: the parser turns a change to an unrelated memory into an ADD
     if memories:
-        ops.append({"event": "UPDATE", "id": memories[0]["id"], "fact": f"{tag} updated {memories[0]['text']}"})
+        ops.append(
+            {"event": "UPDATE", "id": memories[0]["id"], "fact": f"Ann {tag} updated {memories[0]['text']}"[:200]}
+        )
     if len(memories) > 3:
-        ops.append({"event": "DELETE", "id": memories[-1]["id"], "fact": f"{tag} replaced {memories[-1]['text']}"})
+        ops.append(
+            {"event": "DELETE", "id": memories[-1]["id"], "fact": f"Ann {tag} replaced {memories[-1]['text']}"[:200]}
+        )
     return {"facts": ops}
 
 
@@ -97,8 +101,8 @@ def audit(db: Path, embedder: str) -> tuple[list[str], int]:
                 deletes[turn_id] = deletes.get(turn_id, 0) + 1
         for turn_id, tag in turns.items():
             # a DELETE stores the fact that replaced the memory: one "replaced" ADD each
-            expected = [f"{tag} fact {j}" for j in range(OPS_PER_TURN)]
-            replaced = [a for a in adds.get(turn_id, []) if a.startswith(f"{tag} replaced ")]
+            expected = [f"Ann {tag} fact {j}" for j in range(OPS_PER_TURN)]
+            replaced = [a for a in adds.get(turn_id, []) if a.startswith(f"Ann {tag} replaced ")]
             if sorted(set(adds.get(turn_id, [])) - set(replaced)) != expected or len(replaced) != deletes.get(
                 turn_id, 0
             ):

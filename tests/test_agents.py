@@ -96,7 +96,6 @@ def test_ops_naming_unshown_ids_are_dropped_never_applied(agent_bank, caplog) ->
                 {"event": "DELETE", "id": 57, "fact": ""},
                 {"event": "UPDATE", "id": 999, "fact": "hijack"},
                 {"event": "UPDATE", "id": 0, "fact": "Kim likes green tea."},
-                {"event": "DELETE", "id": 0, "fact": ""},
             ]
         },  # fmt: skip
     ]
@@ -105,7 +104,7 @@ def test_ops_naming_unshown_ids_are_dropped_never_applied(agent_bank, caplog) ->
     other = mem.add("bystander fact", user="someone-else")
     mem.observe("I have a cat", speaker="Kim", user="kim")
     ops = mem.observe("Green tea, actually", speaker="Kim", user="kim")
-    assert [o.kind for o in ops] == ["UPDATE"]  # the repeat of id 0 and the unshown ids are dropped
+    assert [o.kind for o in ops] == ["UPDATE"]  # the unshown ids are dropped
     assert mem.get(other.id).text == "bystander fact"
     assert len(mem.list(user="kim")) == 2
     assert sum("not shown" in r.message for r in caplog.records) == 2

@@ -53,10 +53,9 @@ class Tenants(RuleBasedStateMachine):
         memories = shown(messages)
         self.leaks += [m["text"] for m in memories if not m["text"].startswith(f"{owner}:")]
         ops = [{"event": "ADD", "fact": f"{owner}: observed {turn['text']}"}]
-        if memories:  # try to change everything shown, and ids that were not
-            ops += [{"event": "UPDATE", "id": memories[0]["id"], "fact": f"{owner}: revised {self._next()}"},
-                    {"event": "DELETE", "id": memories[-1]["id"], "fact": f"{owner}: observed a replacement"}]  # fmt: skip
-        ops += [{"event": "DELETE", "id": i, "fact": f"{owner}: observed"} for i in (len(memories), -5)]
+        if memories:  # try to change what was shown, and an id that was not (three facts at most a turn)
+            ops.append({"event": "UPDATE", "id": memories[0]["id"], "fact": f"{owner}: revised {self._next()}"})
+        ops.append({"event": "DELETE", "id": len(memories), "fact": f"{owner}: observed"})
         return {"facts": ops}
 
     def _answer(self, messages) -> dict:

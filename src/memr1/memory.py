@@ -46,7 +46,7 @@ from .store import DEFAULT_BUSY_TIMEOUT_MS, Change, Store
 log = logging.getLogger("memr1")
 DEFAULT_USER = "default"
 EXPORT_VERSION = 1
-MANAGER_MAX_TOKENS = 448  # five facts of up to 200 characters, in JSON: the grammar closes it before this
+MANAGER_MAX_TOKENS = 320  # three facts of up to 200 characters, in JSON: the grammar closes it before this
 SOURCES = ("memories", "turns", "both")
 Sources = Literal["memories", "turns", "both"]
 DEFAULT_SOURCES: Sources = "memories"

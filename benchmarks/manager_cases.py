@@ -204,7 +204,9 @@ class _DropReasons(logging.Handler):
         message = record.getMessage()
         if "op dropped" in message:
             reason = message.split("dropped: ", 1)[-1]
-            self.reasons["not grounded in the turn" if "shares no word" in reason else reason.split(",")[0]] += 1
+            kinds = {"shares no word": "not grounded in the turn", "names nobody": "names nobody",
+                     "was not shown": "id not shown", "empty fact": "empty fact"}  # fmt: skip
+            self.reasons[next((kind for key, kind in kinds.items() if key in reason), reason)] += 1
 
 
 def run(models: list[str], embedder: str, only: str | None = None) -> dict[str, Any]:
@@ -212,6 +214,7 @@ def run(models: list[str], embedder: str, only: str | None = None) -> dict[str, 
     logger = logging.getLogger("memr1.prompts")
     logger.addHandler(reasons)
     logger.setLevel(logging.WARNING)  # drops are warnings: count them whatever the root logger lets through
+    logger.propagate = False  # counted in the report, not printed one by one
     tmp = Path(tempfile.mkdtemp(prefix="memr1-cases-"))
     cases = [c for c in CASES if not only or only in c.name or only == c.kind]
     out: dict[str, Any] = {}

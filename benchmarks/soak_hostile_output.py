@@ -157,7 +157,9 @@ def run(generations: int, chat: str | None = None, embedder: str | None = None, 
                         if state()[1] - before[1] != applied or state()[2] != before[2] + 1:
                             failures.append(f"#{i}: {applied} ops returned but the bank changed otherwise")
                     else:
-                        answer = mem.ask(text.replace("I talk about", "What about") + "?", user="u")
+                        answer = mem.ask(
+                            text.replace("I talk about", "What about") + "?", user="u", sources="memories"
+                        )  # shown_ids counts memories only
                         if not {m.id for m in answer.selected} <= set(shown_ids) or state() != before:
                             failures.append(f"#{i}: ask selected unshown memories or changed the bank")
                     outcome = "valid"

@@ -105,14 +105,18 @@ def test_prompts_are_memr1s_own(tmp_path, tiny_embedder):
 
 def test_banks_are_built_by_the_manager(tmp_path, tiny_embedder):
     # a manager that keeps each turn upper-cased: the banks the examples see must hold its words, not the turns'
-    manager = ScriptedLLM(lambda messages: {"facts": [{"event": "ADD", "fact": turn_of(messages)["text"].upper()}]})  # fmt: skip
+    def upper(messages):  # a fact names someone, or the parser drops it
+        turn = turn_of(messages)
+        return {"facts": [{"event": "ADD", "fact": f"{turn['speaker']} said {turn['text'].upper()}"}]}
+
+    manager = ScriptedLLM(upper)
     with Memory(tmp_path / "bank.db", embedder=data.CachedEmbedder(tiny_embedder), manager=manager) as mem:
         managers, answers = data.build_conversation(locomo_sample(), mem, progress=False)
     assert len(manager.calls) == 4
-    # as stored: the parser names the speaker for "I" and writes the date "yesterday" meant
-    assert {m.text for m in managers[2].related} == {"Andrew ADOPTED A DOG NAMED BUDDY.",
-                                                      "LOVELY! I WENT HIKING YESTERDAY (7 May 2023)."}  # fmt: skip
-    assert "CONGRATULATIONS!" in {m.text for m in answers[0].memories}
+    # as stored: the parser writes out the date "yesterday" meant
+    assert {m.text for m in managers[2].related} == {"Andrew said I ADOPTED A DOG NAMED BUDDY.",
+                                                      "Audrey said LOVELY! I WENT HIKING YESTERDAY (7 May 2023)."}  # fmt: skip
+    assert "Audrey said CONGRATULATIONS!" in {m.text for m in answers[0].memories}
 
 
 def test_build_writes_each_split_and_loads_it_back(tmp_path, tiny_embedder):

@@ -257,8 +257,11 @@ def _print_answer(answer: Answer) -> None:
     click.echo(answer.text)
     for item in answer.selected:
         click.echo(f"  from {_line(item)}")
-    click.echo(f"  ({answer.retrieved} retrieved, {len(answer.selected)} selected, {answer.tokens} tokens, "
-               f"{answer.seconds:.2f}s)")  # fmt: skip
+    for turn in answer.selected_turns:
+        said = f" {turn.at.date()}" if turn.at else ""
+        click.echo(f"  from turn #{turn.id}{said} {turn.speaker + ': ' if turn.speaker else ''}{turn.text}")
+    chosen = len(answer.selected) + len(answer.selected_turns)
+    click.echo(f"  ({answer.retrieved} retrieved, {chosen} selected, {answer.tokens} tokens, {answer.seconds:.2f}s)")
 
 
 @cli.command()

@@ -107,9 +107,22 @@ def test_a_probe_verdict_from_another_machine_is_not_trusted(tmp_path: Path, tin
     assert len(runs) == 2
 
 
-def test_the_fingerprint_names_the_cpu_and_the_llama_cpp_build() -> None:
-    fingerprint = models.machine_fingerprint()
-    assert len(fingerprint) == 64 and fingerprint == models.machine_fingerprint()
+def test_the_fingerprint_follows_the_kernel_and_the_llama_cpp_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+    from importlib import metadata
+
+    here = models.machine_fingerprint()
+    assert len(here) == 64 and here == models.machine_fingerprint()
+    real_version = metadata.version
+    for change in (lambda: monkeypatch.setattr(platform, "release", lambda: "another kernel"),
+                   lambda: monkeypatch.setattr(metadata, "version", lambda name: "9.9.9" if name == "llama-cpp-python"
+                                               else real_version(name))):  # fmt: skip
+        models.machine_fingerprint.cache_clear()
+        change()
+        assert models.machine_fingerprint() != here
+        monkeypatch.undo()
+    models.machine_fingerprint.cache_clear()
+    assert models.machine_fingerprint() == here
 
 
 def test_openmp_threads_wait_passively_unless_the_user_chose(tmp_path: Path) -> None:

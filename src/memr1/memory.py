@@ -49,7 +49,9 @@ EXPORT_VERSION = 1
 MANAGER_MAX_TOKENS = 320  # three facts of up to 200 characters, in JSON: the grammar closes it before this
 SOURCES = ("memories", "turns", "both")
 Sources = Literal["memories", "turns", "both"]
-DEFAULT_SOURCES: Sources = "both"  # LoCoMo conv-30, first 3 sessions, Qwen2.5-Coder-1.5B: memories alone F1 14.0, both see RESULTS.md
+DEFAULT_SOURCES: Sources = (
+    "both"  # LoCoMo conv-30, first 3 sessions, Qwen2.5-Coder-1.5B: memories alone F1 14.0, both see RESULTS.md
+)
 OBSERVE_ATTEMPTS = 5  # a turn re-decided on fresh memories when concurrent writers changed the ones it touches
 
 
@@ -304,13 +306,14 @@ class Memory:
         """What the Answer Agent is shown: memories, turns (as "Speaker: text"), or both interleaved by rank."""
         memories: list[Shown] = []
         turns: list[Shown] = []
+        index = self._bind()
+        vector = self._embed([question], query=True)[0]  # once, for both searches
         if sources != "turns":
-            memories = [Shown(("memory", h.memory.id), h.memory.text, h.memory.at, h.memory)
-                        for h in self.search(question, k, user=user)]  # fmt: skip
+            hits = retrieval.search(self.store, index, vector, question, k=k, user=user, since=None, until=None,
+                                    filters=None)  # fmt: skip
+            memories = [Shown(("memory", h.memory.id), h.memory.text, h.memory.at, h.memory) for h in hits]
         if sources != "memories":
-            self._bind()
-            assert self._turns is not None
-            vector = self._embed([question], query=True)[0]
+            assert self._turns is not None  # made with the index
             ranked = retrieval.search_turns(self.store, self._turns, vector, question, k=k, user=user)
             found = self.store.get_turns([tid for tid, _ in ranked])
             turns = [Shown(("turn", tid), prompts.absolute_dates(turn_line(t.speaker, t.text), t.at), t.at, t)

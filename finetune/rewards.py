@@ -111,7 +111,9 @@ class ManagerReward:
 
     def _ask(self, mem: Memory, question: Question, example: ManagerExample) -> str:
         try:
-            return mem.ask(question.question, k=self.k, now=example.asked_on).text
+            return mem.ask(
+                question.question, k=self.k, now=example.asked_on, sources="memories"
+            ).text  # the manager's bank
         except MemR1Error as e:  # the frozen agent's failure, not the manager's: this question scores 0
             log.warning("frozen answer agent failed on %r: %s", question.question, e)
             return ""

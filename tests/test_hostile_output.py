@@ -46,7 +46,7 @@ def test_empty_and_malformed_replies_are_refused_cleanly(bank: Path, tiny_embedd
             mem.observe("I have a dog", user="u")
         assert len(refused.value.reasons) == 3 and mem.stats() == before
         with pytest.raises(ModelOutputError):
-            mem.ask("What pet?", user="u")
+            mem.ask("What pet?", user="u", sources="memories")
         assert mem.stats() == before and mem.check() == []
     assert any(r.levelname == "ERROR" and "refused" in r.getMessage() for r in caplog.records)
 

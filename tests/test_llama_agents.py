@@ -101,6 +101,6 @@ def test_both_agents_fit_their_prompt_to_a_small_context(tmp_path: Path, tiny_ch
         for i in range(10):
             mem.add(f"long memory {i}: " + "the dog went to the park again and again. " * 12, user="u")
         mem.observe("the dog went to the park", user="u")  # 10 related memories: ~5,000 byte tokens
-        answer = mem.ask("Where did the dog go?", user="u")
+        answer = mem.ask("Where did the dog go?", user="u", sources="memories")
         assert answer.llm_calls == 1 and answer.retrieved >= 10
         assert mem.usage["llm_calls"] == 2

@@ -126,7 +126,7 @@ def test_a_pin_refuses_another_file_for_every_role(tmp_path: Path, tiny_embedder
                 answerer=LlamaCpp(tiny_chat, sha256=wrong)) as mem:  # fmt: skip
         mem.add("a fact")
         before = mem.stats()
-        for call in (lambda: mem.observe("hello"), lambda: mem.ask("a fact?")):
+        for call in (lambda: mem.observe("hello"), lambda: mem.ask("a fact?", sources="memories")):
             with pytest.raises(ModelNotAvailable, match="refusing to load"):
                 call()
         assert mem.stats() == before

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import locomo_data, scoring
-from memr1 import Memory, MemR1Error, prompts
+from memr1 import Memory, MemR1Error, memory, prompts
 from memr1.errors import PromptTooLong
 from memr1.llm import DEFAULT_CHAT_MODEL, LLM, LlamaCpp, OpenAICompatible
 from memr1.memory import DEFAULT_SOURCES, SOURCES
@@ -185,7 +185,8 @@ def conversations(data: list[dict[str, Any]], s: Settings) -> list[Conversation]
 
 
 def turn_line(t: locomo_data.Turn) -> str:
-    return f"{t.speaker}: {t.text}"
+    """As memr1 embeds and shows a raw turn, so rag and full-context see turns exactly as ask does."""
+    return memory.turn_line(t.speaker, t.text)
 
 
 # ---- ingestion ----

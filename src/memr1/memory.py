@@ -58,7 +58,7 @@ OBSERVE_ATTEMPTS = 5  # a turn re-decided on fresh memories when concurrent writ
 class Shown(NamedTuple):
     """An item the Answer Agent may be shown: a memory or a raw turn, under a key that says which."""
 
-    key: tuple[str, int]
+    key: int | tuple[str, int]  # a memory id; with turns among the items, ("memory" | "turn", id)
     text: str
     at: datetime | None
     item: MemoryItem | StoredTurn
@@ -321,17 +321,15 @@ class Memory:
         mixed = [item for pair in itertools.zip_longest(memories, turns) for item in pair if item is not None]
         return mixed[:k]
 
-    def _consult(self, llm: LLM, hits: list[Any], schema: Callable[[list[prompts.Shown]], dict[str, Any]],
+    def _consult(self, llm: LLM, hits: list[Shown], schema: Callable[[list[prompts.Shown]], dict[str, Any]],
                  parser: Callable[..., Any], *, build: Callable[[list[prompts.Shown]], list[dict[str, str]]],
                  max_tokens: int) -> Completion:  # fmt: skip
         """One constrained call about `hits`, shown under small ids: as many of the best-ranked as the context holds.
 
         The schema is built for what is shown, so the grammar cannot name an id that was not."""
         while True:
-            items = [(h.memory.id, h.memory.text, h.memory.at) if isinstance(h, Hit) else (h.key, h.text, h.at)
-                     for h in hits]  # fmt: skip
-            shown = prompts.shown_memories(items)
-            ids = [key for key, _, _ in items]
+            shown = prompts.shown_memories([(h.key, h.text, h.at) for h in hits])
+            ids = [h.key for h in hits]
             try:
                 completion = llm.complete(build(shown), schema(shown), max_tokens=max_tokens,
                                           parse=lambda raw, shown=shown, ids=ids: parser(raw, shown, ids))  # fmt: skip
@@ -385,7 +383,8 @@ class Memory:
             # DELETE whose memory changed since; then the turn is decided again on fresh memories.
             related = self.search(text, self.related_k, user=user) if self.related_k else []
             completion = self._consult(
-                self.manager, related, lambda shown: prompts.manager_schema([m.id for m in shown]),
+                self.manager, [Shown(h.memory.id, h.memory.text, h.memory.at, h.memory) for h in related],
+                lambda shown: prompts.manager_schema([m.id for m in shown]),
                 functools.partial(prompts.parse_manager, turn=text, speaker=turn.speaker, at=turn.at),
                 max_tokens=MANAGER_MAX_TOKENS,
                 build=lambda shown: prompts.manager_messages(text, speaker=turn.speaker, at=turn.at,

@@ -150,6 +150,16 @@ def test_turns_reach_the_answer_agent_when_the_manager_stored_nothing(talk: Memo
     assert out.selected_turns[0].speaker == "Caroline" and out.retrieved == 2
 
 
+def test_an_answer_copied_from_a_turn_loses_the_speaker_label(talk: Memory) -> None:
+    # Small models answer "Caroline: I went to ..." by copying the line they were shown; F1 pays for the label.
+    talk._answerer = ScriptedLLM(lambda m: {"selected": [0], "answer": "Caroline: a support group"})
+    assert talk.ask("Where did Caroline go?", user="c", sources="turns").text == "a support group"
+    talk._answerer = ScriptedLLM(lambda m: {"selected": [0], "answer": "Note: 10:30"})  # not a speaker shown
+    assert talk.ask("Where did Caroline go?", user="c", sources="turns").text == "Note: 10:30"
+    shown = [prompts.Shown(0, "Jon: I opened a studio")]
+    assert prompts.parse_direct_answer({"answer": "Jon: a studio"}, shown, [5]) == ("a studio", [5])
+
+
 def test_both_sources_interleave_memories_and_turns(talk: Memory) -> None:
     talk.add("Melanie paints sunrises.", user="c")
     seen = []

@@ -7,6 +7,10 @@ embeddings have a low intrinsic dimension and a shared offset, so the generator 
 from a 48-d latent space, maps them to `dim`, and adds isotropic noise and an offset.
 Queries are perturbed copies of stored points. The bank is written through memr1's own
 store (vec0 + FTS5 + history), so the plain vec0 KNN runs on the very same table.
+
+The rows "right after a write" time only the search that follows one (untimed) ADD, UPDATE
+or DELETE, in turn: the in-memory index must catch up with the bank before it answers. They
+alternate with the same searches "alone, between writes", which are what they are compared to.
 """
 
 from __future__ import annotations
@@ -115,6 +119,42 @@ def main(argv: list[str] | None = None) -> int:
             run(f"memr1 hybrid search() incl. FTS5, k={k}",
                 lambda i, q, k=k: [h.memory.id for h in mem.search(qtexts[i], k, user="solo")])  # fmt: skip
 
+        # Search right after a write: the index must follow one ADD, UPDATE or DELETE (in turn, on memories
+        # written here, so the bank and the recall truth stay as loaded) without re-copying its arrays.
+        fresh = synthetic(2 * args.queries, args.dim, np.random.default_rng(args.seed + 1))
+        written: list[int] = []
+        writes = iter(range(10**9))
+
+        def write() -> None:
+            w = next(writes)
+            kind, vector = ("ADD", "UPDATE", "DELETE")[w % 3], fresh[w % len(fresh)]
+            text = f"{texts[w % args.n]} written {w}"
+            if kind == "ADD":
+                change = Change("ADD", "solo", text=text, vector=vector.tobytes(), at_ts=0.0)
+            else:
+                change = Change(kind, "solo", memory_id=written.pop(), text=text, vector=vector.tobytes())
+            item = mem.store.apply([change], actor="bench")[0]
+            written.extend([item.id] if item is not None else [])
+
+        def paired(name: str, fn) -> None:
+            """Each query once alone and once right after an untimed write, the two alternating, so that other
+            load on the machine weighs on both alike."""
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for flip in (0, 1):
+                for i, q in enumerate(queries):
+                    after = (i + flip) % 2 == 1
+                    if after:
+                        write()
+                    t = time.perf_counter()
+                    fn(i, q)
+                    times[after].append(time.perf_counter() - t)
+            for after, label in ((False, "alone, between writes"), (True, "right after a write")):
+                rows.append((f"{name}, {label}", *percentiles(times[after]), float("nan")))
+
+        paired("memr1 hybrid search() incl. FTS5, k=10", lambda i, q: mem.search(qtexts[i], 10, user="solo"))
+        paired("memr1 vector (sync + bits + re-score), k=10",
+               lambda i, q: (index.sync(mem.store), index.nearest(q, 10, user="solo")))  # fmt: skip
+
         # many users: a scoped search only touches its user's rows
         if args.users > 1:
             owners = [f"u{i % args.users}" for i in range(args.n)]
@@ -142,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         ratio = base[k][1] / p50
         rec = "" if np.isnan(recall) else f"{recall:.3f}"
         print(f"| {name} | {p50:.2f} | {p95:.2f} | {rec} | {ratio:.1f}× |")
+    p50s = {name: p50 for name, p50, _, _ in rows}  # the target: right after a write within 1.5× of alone
+    for name in ("memr1 hybrid search() incl. FTS5, k=10", "memr1 vector (sync + bits + re-score), k=10"):
+        alone, after = p50s[f"{name}, alone, between writes"], p50s[f"{name}, right after a write"]
+        print(f"\n{name}: right after a write / alone (p50) = {after:.2f} / {alone:.2f} ms = {after / alone:.2f}×")
     return 0
 
 

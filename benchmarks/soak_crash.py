@@ -55,6 +55,7 @@ def worker(args: argparse.Namespace) -> None:
     embedder = LlamaEmbedder(args.embedder, n_threads=1)
     with Memory(args.db, embedder=embedder, manager=ScriptedLLM(manager)) as mem:
         embedder.embed(["warm up"])
+        source, copy = Path(args.source).read_text(), Path(f"{args.db}.{os.getpid()}.jsonl")
         print("ready", flush=True)
         n = 0
         while True:
@@ -65,8 +66,9 @@ def worker(args: argparse.Namespace) -> None:
             elif args.mode == "ingest":
                 mem.observe_many([{"text": f"{tag}y{i} I like tea number {i}", "speaker": "Ann"} for i in range(5)],
                                  user="ann", progress=False)  # fmt: skip
-            else:
-                mem.import_jsonl(args.source)
+            else:  # a user of its own each time: the same memories again would be skipped, adding nothing
+                copy.write_text(source.replace('"user": "imp"', f'"user": "imp-{tag}"'))
+                mem.import_jsonl(copy)
 
 
 def make_import_file(path: Path, embedder: str) -> None:

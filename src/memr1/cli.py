@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from .errors import MemR1Error
+from .llm import DEFAULT_TIMEOUT
 from .memory import Memory
 from .runtime import parse_threads, per_role_threads
 from .schema import Answer, HistoryEntry, MemoryItem, Operation
@@ -59,7 +60,20 @@ def bank_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return _fail_cleanly(fn)
 
 
+def _remember_timeout(ctx: click.Context, _param: click.Parameter, value: float | None) -> None:
+    if value is not None:
+        ctx.meta["memr1.server_options"] = {"timeout": value}
+
+
+def _server_options() -> Any:
+    return click.get_current_context().meta.get("memr1.server_options")
+
+
 def agent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--timeout", type=click.FloatRange(0, 86_400, min_open=True), expose_value=False, callback=_remember_timeout,
+        help=f"Seconds one call to the --base-url server may take, retries included.  [default: {DEFAULT_TIMEOUT:g}]",
+    )(fn)  # fmt: skip
     fn = click.option(
         "--base-url", envvar="MEMR1_BASE_URL", help="An OpenAI-compatible server (then models are names)."
     )(fn)
@@ -73,6 +87,8 @@ def agent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _open(db: str, embedder: str | None, **agents: Any) -> Memory:
+    if "base_url" in agents:
+        agents["server_options"] = _server_options()
     return Memory(db, embedder=embedder, threads=_threads(), **agents)
 
 
@@ -206,6 +222,18 @@ def import_(db: str, embedder: str | None, as_json: bool, path: str) -> None:
 
 
 @cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@bank_options
+def backup(db: str, embedder: str | None, as_json: bool, path: str) -> None:
+    """Copy the bank to PATH, consistently, even while other processes write to it."""
+    if not Path(db).is_file():  # opening would create an empty bank, only to back it up
+        raise click.ClickException(f"no bank at {db}")
+    with _open(db, embedder) as mem:
+        mem.backup(path)
+    _emit(as_json, {"backup": path, "db": db}, lambda: click.echo(f"backed up {db} to {path}"))
+
+
+@cli.command()
 @bank_options
 def stats(db: str, embedder: str | None, as_json: bool) -> None:
     """Counts, size, embedder and SQLite versions of a bank."""
@@ -322,7 +350,8 @@ def demo(db: str | None, embedder: str | None, tiny: bool, manager: str | None, 
     with tempfile.TemporaryDirectory() as tmp:
         models = _demo_models(Path(tmp), embedder=embedder, manager=manager, answerer=answerer,
                               tiny=tiny, server=bool(base_url))  # fmt: skip
-        with Memory(db or Path(tmp) / "demo.db", base_url=base_url, threads=_threads(), **models) as mem:
+        with Memory(db or Path(tmp) / "demo.db", base_url=base_url, server_options=_server_options(),
+                    threads=_threads(), **models) as mem:  # fmt: skip
             click.echo(f"bank: {mem.path}  ({mem.sqlite_info()['driver']}, SQLite {mem.sqlite_info()['sqlite_version']}, "
                        f"sqlite-vec {mem.sqlite_info()['sqlite_vec_version']})\n")  # fmt: skip
             for text, at, session in DEMO_TURNS:

@@ -40,12 +40,16 @@ class LlamaEmbedder:
     """
 
     def __init__(self, model: str | os.PathLike[str] = DEFAULT_EMBEDDER, *, n_threads: int | None = None,
-                 batch_size: int = 32, query_prefix: str = "", sha256: str | None = None) -> None:  # fmt: skip
+                 batch_size: int = 32, query_prefix: str = "", sha256: str | None = None,
+                 named_by: str | None = None) -> None:  # fmt: skip
         """`sha256` pins the file, as `model@sha256:<hex>` does: a mismatch refuses to load it.
 
-        `n_threads` (default: $MEMR1_EMBEDDER_THREADS, $MEMR1_THREADS, else 1) is used for every batch."""
+        `n_threads` (default: $MEMR1_EMBEDDER_THREADS, $MEMR1_THREADS, else 1) is used for every batch.
+        `named_by` says who chose the model when it was not the user (a bank file's record): such a model
+        is used only from a local file or the local Hugging Face cache, never downloaded."""
         self.ref = os.fspath(model)
         self.sha256 = sha256
+        self.named_by = named_by
         self.n_threads = check_threads(n_threads, "n_threads") if n_threads is not None else None
         self.batch_size = batch_size
         self.query_prefix = query_prefix
@@ -55,7 +59,16 @@ class LlamaEmbedder:
     @property
     def path(self) -> Path:
         if self._path is None:
-            self._path = resolve(self.ref, sha256=self.sha256)
+            try:
+                self._path = resolve(self.ref, sha256=self.sha256, download=self.named_by is None)
+            except ModelNotAvailable as e:
+                if self.named_by is None:
+                    raise
+                raise ModelNotAvailable(
+                    f"{e}. The embedder {self.ref!r} is named only by {self.named_by}, and memr1 does not download "
+                    "a model that a bank file names. Choose the embedder: pass embedder= (a .gguf path or "
+                    "owner/repo/file.gguf), set MEMR1_EMBEDDER, or use --embedder"
+                ) from None
         return self._path
 
     def _metadata(self) -> dict[str, object]:

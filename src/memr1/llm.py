@@ -2,23 +2,32 @@
 
 `LlamaCpp` runs a GGUF in process; `OpenAICompatible` talks to llama-server, vLLM or
 Ollama. Both retry malformed output a bounded number of times and then raise
-`ModelOutputError`, so callers never see half-parsed output.
+`ModelOutputError`, so callers never see half-parsed output. Neither trusts what it
+did not write: a chat template renders in a bounded child process, and a server's
+answer is bounded in time and size and validated before it is read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import secrets
+import subprocess
+import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import httpcore
+from pydantic import BaseModel, Field, NonNegativeInt, ValidationError
+
+from . import chat_template
 from .errors import InvalidInput, ModelNotAvailable, ModelOutputError, PromptTooLong
 from .models import resolve
 from .prompts import OutputRejected
@@ -33,8 +42,20 @@ _CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_SLOT = "\ue000memr1-{}\ue001"  # private-use code points: never part of a chat template
+# Private-use code points around a per-process secret: no template can contain (and so fake) a message's place.
+_SLOT = "\ue000" + secrets.token_hex(8) + "-{}\ue001"
 MIN_CONTEXT = 512  # below this no agent prompt fits, and llama-cpp-python mis-sizes its buffers
+# A chat template renders once per sequence of roles, in a child process with these bounds (chat_template.py).
+# Real templates take milliseconds and kilobytes; the child's start-up is most of the time.
+TEMPLATE_SECONDS = 10.0
+TEMPLATE_MEMORY = 256 * 2**20  # bytes the template may allocate, beyond the interpreter and jinja2
+TEMPLATE_CHARS = 2**20  # markup around the messages: kilobytes for real templates
+# An OpenAI-compatible server: one `complete` call, every retry included, ends within the timeout. Generous,
+# since a CPU server may take a minute per answer; the cap on an answer's size is a thousand times what
+# any max_tokens needs.
+DEFAULT_TIMEOUT = 300.0
+MAX_RESPONSE_BYTES = 8 * 2**20
+SERVER_OPTIONS = ("timeout", "max_response_bytes", "api_key", "api_key_env")
 
 
 @dataclass
@@ -75,6 +96,58 @@ def retry_until_parsed(name: str, retries: int, attempt: Callable[[int], tuple[s
     raise ModelOutputError(f"{name} gave unusable output {retries + 1} times; last: {reasons[-1]}", reasons=reasons)
 
 
+class _Refused(Exception):
+    """Why a chat template cannot be used; the caller names the model."""
+
+
+_sandboxed: dict[str, str | _Refused] = {}  # by job; refusals too, as each one cost up to TEMPLATE_SECONDS
+_sandboxed_lock = threading.Lock()
+
+
+def _sandbox(templates: list[str], roles: tuple[str, ...] | None = None, bos: str = "", eos: str = "") -> str:
+    """Compile `templates` in a child process bounded by TEMPLATE_SECONDS and TEMPLATE_MEMORY and, given
+    `roles`, render the first over one placeholder per role. Once per process for each job."""
+    job: dict[str, Any] = {"templates": templates, "bos": bos, "eos": eos, "max_chars": TEMPLATE_CHARS,
+                           "seconds": TEMPLATE_SECONDS, "memory": TEMPLATE_MEMORY}  # fmt: skip
+    if roles is not None:
+        job["messages"] = [{"role": role, "content": _SLOT.format(i)} for i, role in enumerate(roles)]
+    key = json.dumps(job)
+    with _sandboxed_lock:  # concurrent first calls wait for one child instead of each starting their own
+        if key not in _sandboxed:
+            try:
+                _sandboxed[key] = _run_child({**job, "path": [p for p in sys.path if p]})
+            except _Refused as e:
+                _sandboxed[key] = e
+        done = _sandboxed[key]
+    if isinstance(done, _Refused):
+        raise done
+    return done
+
+
+def _run_child(job: dict[str, Any]) -> str:
+    what = "render" if "messages" in job else "compile"
+    if getattr(sys, "frozen", False) or not sys.executable:  # a frozen app has no interpreter to run the child
+        log.warning("a chat template runs in process, without time or memory bounds: no interpreter for a child")
+        try:
+            return chat_template.run(job)
+        except ValueError as e:
+            raise _Refused(str(e)) from None
+    argv = [sys.executable, "-I", chat_template.__file__]  # -I: neither the script's folder nor $PYTHON* apply
+    try:
+        done = subprocess.run(argv, input=json.dumps(job), capture_output=True, text=True, encoding="utf-8",
+                              errors="replace", timeout=TEMPLATE_SECONDS)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise _Refused(f"did not {what} within {TEMPLATE_SECONDS:g}s; refusing it") from None
+    try:
+        out = json.loads(done.stdout)
+    except ValueError:
+        said = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        raise _Refused(f"stopped the process that would {what} it: {said[0][-300:]}") from None
+    if "error" in out:
+        raise _Refused(f"{out['error']}; refusing it")
+    return str(out["rendered"])
+
+
 class LlamaCpp:
     """A GGUF chat model in process.
 
@@ -111,7 +184,8 @@ class LlamaCpp:
             slot,
         )
         self._path: Path | None = None
-        self._compiled: Any = None
+        self._markup: dict[tuple[str, ...], list[list[int]]] = {}
+        self._vetted = False
         self._grammars: dict[str, Any] = {}
 
     @property
@@ -131,22 +205,24 @@ class LlamaCpp:
         return min(trained, self.max_ctx)
 
     def _llama(self) -> tuple[Any, threading.Lock]:
+        if not self._vetted:
+            self._vet_templates()
         # No seed here: every completion passes its own, and a seed in the key would load a fresh context
         # (and re-evaluate the whole prompt, and keep the old one in memory) each time the seed changes.
         return shared_llama(self.path, slot=self.slot, n_ctx=self.context_length(), n_gpu_layers=self.n_gpu_layers,
                             threads=thread_count(self.slot, self.n_threads))  # fmt: skip
 
-    def _template(self, llm: Any) -> Any:
-        """The model file's chat template, compiled in a sandbox: it is data from an untrusted file."""
-        if self._compiled is None:
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    def _vet_templates(self) -> None:
+        """Compile the file's chat templates in a bounded child before llama-cpp-python loads it: it compiles
+        them all in this process, unbounded, and compiling folds constants such as 'A' * 1500000000."""
+        meta = header(self.path)
+        templates = [v for k, v in meta.items() if k.startswith("tokenizer.chat_template") and isinstance(v, str)]
+        if templates:
             try:
-                self._compiled = env.from_string(llm.metadata.get("tokenizer.chat_template") or _CHATML)
-            except Exception as e:
-                raise ModelNotAvailable(f"chat template of {self.ref!r} does not compile: {e}") from None
-        return self._compiled
+                _sandbox(templates)
+            except _Refused as e:
+                raise ModelNotAvailable(f"chat template of {self.ref!r} {e}") from None
+        self._vetted = True
 
     def _grammar(self, schema: dict[str, Any]) -> Any:
         from llama_cpp import LlamaGrammar
@@ -157,32 +233,36 @@ class LlamaCpp:
         return self._grammars[key]
 
     def tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Render the chat template around placeholders; tokenize markup with specials, content without."""
+        """The chat template's markup, tokenized with specials, around each content, tokenized without."""
         llm, _ = self._llama()
-
-        def fail(message: str) -> None:
-            raise ModelNotAvailable(f"chat template of {self.ref!r}: {message}")
-
-        vocab_text = llm._model.token_get_text  # noqa: SLF001 - the public API has no token-to-text helper
-        bos = vocab_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
-        eos = vocab_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
-        slots = [{"role": m["role"], "content": _SLOT.format(i)} for i, m in enumerate(messages)]
-        try:
-            rendered = self._template(llm).render(
-                messages=slots, add_generation_prompt=True, bos_token=bos, eos_token=eos, raise_exception=fail
-            )
-        except ModelNotAvailable:
-            raise
-        except Exception as e:
-            raise ModelNotAvailable(f"chat template of {self.ref!r} fails to render: {e}") from None
+        markup = self._markup_for(llm, tuple(m["role"] for m in messages))
         out: list[int] = []
-        for i, message in enumerate(messages):
-            before, sep, rendered = rendered.partition(_SLOT.format(i))
-            if not sep:
-                raise ModelNotAvailable(f"chat template of {self.ref!r} drops the {message['role']} message")
-            out += llm.tokenize(before.encode(), add_bos=False, special=True)
+        for before, message in zip(markup, messages):
+            out += before
             out += llm.tokenize(message["content"].encode(), add_bos=False, special=False)
-        return out + llm.tokenize(rendered.encode(), add_bos=False, special=True)
+        return out + markup[-1]
+
+    def _markup_for(self, llm: Any, roles: tuple[str, ...]) -> list[list[int]]:
+        """The markup before each message and after the last, tokenized. It depends on the roles alone, as the
+        template renders around placeholders: contents are never in the string it returns, so no content can
+        move the split, and the template runs once per sequence of roles, not once per call."""
+        if roles not in self._markup:
+            vocab_text = llm._model.token_get_text  # noqa: SLF001 - the public API has no token-to-text helper
+            bos = vocab_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
+            eos = vocab_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
+            source = llm.metadata.get("tokenizer.chat_template") or _CHATML
+            try:
+                rendered = _sandbox([source], roles, bos, eos)
+            except _Refused as e:
+                raise ModelNotAvailable(f"chat template of {self.ref!r} {e}") from None
+            pieces = []
+            for i, role in enumerate(roles):
+                before, sep, rendered = rendered.partition(_SLOT.format(i))
+                if not sep:
+                    raise ModelNotAvailable(f"chat template of {self.ref!r} drops the {role} message")
+                pieces.append(before)
+            self._markup[roles] = [llm.tokenize(p.encode(), add_bos=False, special=True) for p in [*pieces, rendered]]
+        return self._markup[roles]
 
     def complete(self, messages: Sequence[dict[str, str]], schema: dict[str, Any], *, parse: Callable[[Any], T],
                  max_tokens: int = 512) -> Completion:  # fmt: skip
@@ -214,30 +294,184 @@ class LlamaCpp:
         return done
 
 
+class _Usage(BaseModel):
+    prompt_tokens: NonNegativeInt | None = None
+    completion_tokens: NonNegativeInt | None = None
+
+
+class _Message(BaseModel):
+    content: str | None = None  # null when a model answers with tool calls: unusable output, retried
+
+
+class _Choice(BaseModel):
+    message: _Message
+
+
+class _Reply(BaseModel):
+    """What memr1 reads of a chat completion; whatever else a server sends is ignored."""
+
+    choices: list[_Choice] = Field(min_length=1)
+    usage: _Usage | None = None
+
+
+class _Deadlines(httpcore.NetworkBackend):
+    """httpcore's sockets, every connect, read and write ending by the calling thread's deadline.
+
+    Timeouts per operation do not bound a call: a server sending a byte before each read times out
+    holds it for ever. httpcore takes a network backend; httpx offers no way to pass one."""
+
+    def __init__(self) -> None:
+        self._sockets = httpcore.SyncBackend()
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def until(self, deadline: float) -> Iterator[None]:
+        self._local.deadline = deadline
+        try:
+            yield
+        finally:
+            del self._local.deadline
+
+    def left(self, timeout: float | None, expired: type[Exception]) -> float:
+        left = self._local.deadline - time.monotonic()
+        if left <= 0:
+            raise expired("the call's deadline has passed")
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:  # fmt: skip
+        wait = self.left(timeout, httpcore.ConnectTimeout)
+        return _Stream(self._sockets.connect_tcp(host, port, wait, local_address, socket_options), self)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class _Stream(httpcore.NetworkStream):
+    def __init__(self, stream: httpcore.NetworkStream, deadlines: _Deadlines) -> None:
+        self._stream, self._deadlines = stream, deadlines
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._deadlines.left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._deadlines.left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:  # fmt: skip
+        wait = self._deadlines.left(timeout, httpcore.ConnectTimeout)
+        return _Stream(self._stream.start_tls(ssl_context, server_hostname, wait), self._deadlines)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+def check_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`Memory(server_options=...)`: keyword arguments of OpenAICompatible, checked before anything is opened."""
+    if options is not None and not isinstance(options, Mapping):
+        raise InvalidInput(f"server_options must be a dict, got {type(options).__name__}")
+    options = dict(options or {})
+    if unknown := sorted(map(str, set(options) - set(SERVER_OPTIONS))):
+        raise InvalidInput(f"unknown server options {unknown}; known: {list(SERVER_OPTIONS)}")
+    timeout = options.get("timeout", DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 86_400:
+        raise InvalidInput(f"timeout must be a number of seconds above 0, at most 86400, got {timeout!r}")
+    size = options.get("max_response_bytes", MAX_RESPONSE_BYTES)
+    if type(size) is not int or not 1024 <= size <= 2**31:
+        raise InvalidInput(f"max_response_bytes must be an int from 1024 to 2**31, got {size!r}")
+    for name in ("api_key", "api_key_env"):
+        value = options.get(name)
+        if value is not None and (not isinstance(value, str) or not value or not value.isprintable()):
+            raise InvalidInput(f"{name} must be a non-empty string of printable characters")  # no echo: a secret
+    return options
+
+
 class OpenAICompatible:
     """An OpenAI-compatible /v1/chat/completions server: llama-server, vLLM, Ollama, llama_cpp.server.
 
     The schema is sent as `response_format={"type": "json_schema", ...}`; servers that only
     know llama-cpp-python's `{"type": "json_object", "schema": ...}` are detected on the
     first refusal and served that form from then on.
+
+    The server is trusted with nothing but the model's text. Each `complete` ends within
+    `timeout` seconds, retries included, however slowly bytes arrive; an answer over
+    `max_response_bytes` is cut off unread; redirects are not followed, so the API key
+    goes to `base_url` only. A server that breaks any of this, or answers with anything
+    but a chat completion, raises ModelNotAvailable; a model whose text does not fit the
+    schema raises ModelOutputError, as on llama.cpp.
     """
 
-    def __init__(self, base_url: str, model: str = "default", *, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 120.0, temperature: float = 0.0, retries: int = 2, seed: int = 0,
-                 max_tokens: int | None = None) -> None:  # fmt: skip
+    def __init__(self, base_url: str, model: str = "default", *, api_key: str | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", timeout: float = DEFAULT_TIMEOUT,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES, temperature: float = 0.0, retries: int = 2,
+                 seed: int = 0, max_tokens: int | None = None) -> None:  # fmt: skip
+        """`api_key` is sent as a bearer token; without it, the value of $`api_key_env`, if set."""
+        check_server_options({"timeout": timeout, "max_response_bytes": max_response_bytes, "api_key": api_key,
+                              "api_key_env": api_key_env})  # fmt: skip
+        url = urllib.parse.urlsplit(base_url if isinstance(base_url, str) else "")
+        if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
+            raise InvalidInput(f"base_url must be an http:// or https:// address, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.max_tokens = max_tokens  # a cap over what each agent asks for
-        self.model, self.api_key_env, self.timeout = model, api_key_env, timeout
+        self.model, self.api_key, self.api_key_env = model, api_key, api_key_env
+        self.timeout, self.max_response_bytes = float(timeout), max_response_bytes
         self.temperature, self.retries, self.seed = temperature, retries, seed
         self._format: str | None = None
+        self._deadlines = _Deadlines()
+        self._pool = httpcore.ConnectionPool(network_backend=self._deadlines)
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"}
-        if key := os.environ.get(self.api_key_env):
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(f"{self.base_url}/chat/completions", json.dumps(body).encode(), headers)
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            return json.load(response)
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [(b"Content-Type", b"application/json"), (b"Accept", b"application/json"), (b"User-Agent", b"memr1")]
+        if key := self.api_key or os.environ.get(self.api_key_env):
+            if not key.isascii() or not key.isprintable():  # h11 would quote the value in its error
+                raise ModelNotAvailable("the API key holds characters no HTTP header can carry")
+            headers.append((b"Authorization", f"Bearer {key}".encode()))
+        return headers
+
+    def _post(self, body: dict[str, Any]) -> tuple[int, bytearray]:
+        """The status and body of one POST to /chat/completions; of an error, only the start of its body."""
+        try:
+            wait = {"pool": self._deadlines.left(None, httpcore.PoolTimeout)}  # for a connection other calls hold
+            with self._pool.stream("POST", f"{self.base_url}/chat/completions", headers=self._headers(),
+                                   content=json.dumps(body).encode(), extensions={"timeout": wait}) as response:  # fmt: skip
+                if 300 <= response.status < 400:
+                    where = _header(response, b"location")[:200].decode("latin-1")
+                    raise ModelNotAvailable(
+                        f"{self.base_url} redirects (HTTP {response.status}) to {where!r}; memr1 follows no redirect, "
+                        "which could carry the API key elsewhere: set base_url to the address that answers"
+                    )
+                if response.status >= 300:
+                    return response.status, _read(response, 300)
+                declared = _header(response, b"content-length")
+                if declared.isdigit() and int(declared) > self.max_response_bytes:
+                    raise ModelNotAvailable(f"{self.base_url} is sending {int(declared)} bytes; refused unread "
+                                            f"(max_response_bytes={self.max_response_bytes})")  # fmt: skip
+                data = _read(response, self.max_response_bytes + 1)
+                if len(data) > self.max_response_bytes:
+                    raise ModelNotAvailable(f"{self.base_url} sent more than {self.max_response_bytes} bytes; "
+                                            "refused (max_response_bytes)")  # fmt: skip
+                return response.status, data
+        except httpcore.TimeoutException:
+            raise ModelNotAvailable(f"{self.base_url} did not answer within the {self.timeout:g}s timeout (a server "
+                                    "option: OpenAICompatible(timeout=...), Memory(server_options=...), --timeout)") from None  # fmt: skip
+        except httpcore.ConnectError as e:
+            raise ModelNotAvailable(f"cannot reach {self.base_url}: {e}") from None
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError, httpcore.UnsupportedProtocol) as e:
+            raise ModelNotAvailable(f"{self.base_url} broke the exchange: {type(e).__name__}: {e}") from None
+
+    def _reply(self, data: bytearray) -> tuple[str, int, int]:
+        try:
+            reply = _Reply.model_validate_json(data)
+        except ValidationError as e:
+            error = e.errors()[0]
+            where = ".".join(map(str, error["loc"])) or "the body"
+            raise ModelNotAvailable(f"{self.base_url} did not answer with a chat completion: {where}: "
+                                    f"{error['msg'][:200]}") from None  # fmt: skip
+        usage = reply.usage or _Usage()
+        return reply.choices[0].message.content or "", usage.prompt_tokens or 0, usage.completion_tokens or 0
 
     def _format_for(self, schema: dict[str, Any], kind: str) -> dict[str, Any]:
         if kind == "json_schema":
@@ -250,28 +484,38 @@ class OpenAICompatible:
             body = {"model": self.model, "messages": list(messages), "max_tokens": min(max_tokens, self.max_tokens or max_tokens),
                     "temperature": self.temperature if i == 0 else max(self.temperature, 0.7), "seed": self.seed + i}  # fmt: skip
             for kind in [self._format] if self._format else ["json_schema", "json_object"]:
-                try:
-                    data = self._post({**body, "response_format": self._format_for(schema, kind)})
-                except urllib.error.HTTPError as e:
+                status, data = self._post({**body, "response_format": self._format_for(schema, kind)})
+                if status >= 300:
                     if self._format is None and kind == "json_schema":
                         continue  # llama_cpp.server answers 500, others 400/422: try the other form
-                    raise ModelNotAvailable(f"{self.base_url} answered HTTP {e.code}: {e.read()[:300]!r}") from None
-                except (urllib.error.URLError, TimeoutError, OSError) as e:
-                    raise ModelNotAvailable(f"cannot reach {self.base_url}: {e}") from None
+                    raise ModelNotAvailable(f"{self.base_url} answered HTTP {status}: {bytes(data)!r}")
                 self._format = kind
-                usage = data.get("usage") or {}
-                text = ((data.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
-                return text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+                return self._reply(data)
             raise ModelNotAvailable(f"{self.base_url} accepts neither json_schema nor json_object response formats")
 
-        return retry_until_parsed(f"{self.base_url} ({self.model})", self.retries, attempt, parse)
+        with self._deadlines.until(time.monotonic() + self.timeout):
+            return retry_until_parsed(f"{self.base_url} ({self.model})", self.retries, attempt, parse)
+
+
+def _header(response: httpcore.Response, name: bytes) -> bytes:
+    return next((value for key, value in response.headers if key.lower() == name), b"")
+
+
+def _read(response: httpcore.Response, limit: int) -> bytearray:
+    """At most `limit` bytes of the body, read as they arrive: the rest is never held in memory."""
+    body = bytearray()
+    for chunk in response.iter_stream():
+        body += chunk[: limit - len(body)]
+        if len(body) >= limit:
+            break
+    return body
 
 
 def as_llm(spec: LLM | str | os.PathLike[str] | None, *, slot: str, base_url: str | None = None,
-           n_threads: int | None = None) -> LLM:  # fmt: skip
+           n_threads: int | None = None, server_options: Mapping[str, Any] | None = None) -> LLM:  # fmt: skip
     """An LLM from an instance, a GGUF path/HF ref, or a server model name when `base_url` is set."""
     if isinstance(spec, LLM):
         return spec
     if base_url:
-        return OpenAICompatible(base_url, os.fspath(spec) if spec else "default")
+        return OpenAICompatible(base_url, os.fspath(spec) if spec else "default", **(server_options or {}))
     return LlamaCpp(spec if spec is not None else DEFAULT_CHAT_MODEL, slot=slot, n_threads=n_threads)

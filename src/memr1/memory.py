@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
 import logging
 import os
 import random
+import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -21,8 +23,8 @@ from pydantic import ValidationError
 
 from . import prompts, retrieval
 from .embedding import DEFAULT_EMBEDDER, Embedder, LlamaEmbedder
-from .errors import Conflict, InvalidInput, PromptTooLong
-from .llm import LLM, Completion, as_llm
+from .errors import BankError, Conflict, InvalidInput, PromptTooLong
+from .llm import LLM, Completion, as_llm, check_server_options
 from .runtime import per_role_threads
 from .schema import (
     Answer,
@@ -41,7 +43,7 @@ from .schema import (
     timestamp,
     utcnow,
 )
-from .store import DEFAULT_BUSY_TIMEOUT_MS, Change, Store
+from .store import DEFAULT_BUSY_TIMEOUT_MS, Change, ImportSection, Store, memory_key
 
 log = logging.getLogger("memr1")
 DEFAULT_USER = "default"
@@ -80,12 +82,16 @@ class Memory:
 
     def __init__(self, path: str | os.PathLike[str], *, embedder: str | os.PathLike[str] | Embedder | None = None,
                  manager: LLM | str | os.PathLike[str] | None = None, answerer: LLM | str | os.PathLike[str] | None = None,
-                 base_url: str | None = None, related_k: int = 10,
+                 base_url: str | None = None, server_options: Mapping[str, Any] | None = None, related_k: int = 10,
                  busy_timeout: float = DEFAULT_BUSY_TIMEOUT_MS / 1000,
                  threads: int | Mapping[str, int] | None = None) -> None:  # fmt: skip
         """Open (or create) a bank. Models are GGUF paths or `owner/repo/file.gguf` hub references,
         resolved and loaded on first use; with `base_url`, manager/answerer name models on an
-        OpenAI-compatible server instead.
+        OpenAI-compatible server instead, which `server_options` configure: `timeout` (seconds per
+        call, retries included; default 300), `max_response_bytes` (default 8 MiB), `api_key` (default
+        $OPENAI_API_KEY) and `api_key_env`. The embedder is `embedder`, else $MEMR1_EMBEDDER, else the one
+        the bank recorded (only if it is already on this machine: a bank does not choose downloads), else
+        the default.
 
         `threads` sets llama.cpp threads for the models this bank loads: one count for all, or
         `{"embedder": 1, "manager": 2, "answerer": 2}`. Unset roles follow $MEMR1_<ROLE>_THREADS,
@@ -101,10 +107,13 @@ class Memory:
                     f"{role} must be a model path, a reference or an instance, not {type(spec).__name__}"
                 )
         self._threads = per_role_threads(threads)
+        self._base_url = base_url or os.environ.get("MEMR1_BASE_URL") or None
+        self._server_options = check_server_options(server_options)
+        if self._server_options and not self._base_url:
+            raise InvalidInput("server_options configure the server at base_url (or $MEMR1_BASE_URL); none is set")
         self.store = Store(path, busy_timeout_ms=int(busy_timeout * 1000))
         self._manager_spec = manager or os.environ.get("MEMR1_MANAGER") or None
         self._answerer_spec = answerer or os.environ.get("MEMR1_ANSWERER") or None
-        self._base_url = base_url or os.environ.get("MEMR1_BASE_URL") or None
         self._manager: LLM | None = None
         self._answerer: LLM | None = None
         self.related_k = related_k
@@ -112,12 +121,18 @@ class Memory:
         self._usage_lock = threading.Lock()
         self._index: retrieval.VectorIndex | None = None
         self._turns: retrieval.TurnIndex | None = None
+        self._erasures = 0
         recorded = self.store.meta().get("embedder_ref") or None
-        if isinstance(embedder, Embedder):
-            self.embedder: Embedder = embedder
+        chosen = embedder if isinstance(embedder, Embedder) else embedder or os.environ.get("MEMR1_EMBEDDER") or None
+        if isinstance(chosen, Embedder):
+            self.embedder: Embedder = chosen
+        elif chosen is None and recorded and recorded != DEFAULT_EMBEDDER:
+            # A bank may come from anyone: a model it names is used only if it is already on this machine
+            # (memr1's own default excepted: that one it would fetch for a new bank anyway).
+            self.embedder = LlamaEmbedder(recorded, n_threads=self._threads["embedder"],
+                                          named_by=f"the bank {self.store.path}")  # fmt: skip
         else:
-            ref = embedder or recorded or os.environ.get("MEMR1_EMBEDDER") or DEFAULT_EMBEDDER
-            self.embedder = LlamaEmbedder(ref, n_threads=self._threads["embedder"])
+            self.embedder = LlamaEmbedder(chosen or DEFAULT_EMBEDDER, n_threads=self._threads["embedder"])
         if embedder is not None:
             self._bind()  # an explicit embedder is checked against the bank at open
 
@@ -137,11 +152,16 @@ class Memory:
         return self.store.path
 
     def _bind(self) -> retrieval.VectorIndex:
+        erasures = self.store.erasures()  # read before the copies are made, so an erasure meanwhile is seen next time
         if self._index is None:
             ref = getattr(self.embedder, "ref", None)
             self.store.bind_embedder(self.embedder.identity, self.embedder.dim, ref)
+        if self._index is None or erasures != self._erasures:
+            # The in-memory copies follow the bank's append-only history; an erasure deletes history
+            # rows instead, so after one (by any process) they are made afresh.
             self._index = retrieval.VectorIndex(self.embedder.dim)
             self._turns = retrieval.TurnIndex(self.embedder.dim)
+            self._erasures = erasures
         return self._index
 
     def _embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
@@ -183,8 +203,13 @@ class Memory:
         current = self.store.get(memory_id, user)
         self.store.apply([Change("DELETE", current.user, memory_id=memory_id)], actor="api")
 
-    def delete_all(self, *, user: str) -> int:
-        """Delete every memory and raw turn of one user (and nobody else's); returns memories deleted."""
+    def delete_all(self, *, user: str, purge: bool = False) -> int:
+        """Delete every memory and raw turn of one user (and nobody else's); returns memories deleted.
+
+        Their history, with every text the memories ever had, is kept for audit; `purge=True` erases
+        that too, as `forget` does."""
+        if purge:
+            return self.forget(user)
         user = check_user(user)
         with self.store.write() as conn:
             ids = [r[0] for r in conn.execute("SELECT id FROM memories WHERE user_id = ?", (user,))]
@@ -192,6 +217,16 @@ class Memory:
                 self.store._apply_one(conn, Change("DELETE", user, memory_id=mid), "api", None)
             self.store.delete_turns(conn, user)
         return len(ids)
+
+    def forget(self, user: str) -> int:
+        """Erase one user, leaving no copy of their texts in the bank file; returns memories erased.
+
+        Their memories, history, raw turns, vectors and full-text index entries are deleted in one
+        transaction; SQLite zeroes the space they held, both full-text indexes are merged so that no
+        old segment keeps their words, and a checkpoint truncates the -wal, which held earlier copies.
+        A connection reading an older snapshot at that moment keeps those copies in the -wal until the
+        next checkpoint (a warning says so). Backups and exports made earlier are not touched."""
+        return self.store.forget(check_user(user))
 
     # ---- reads ----
 
@@ -204,7 +239,7 @@ class Memory:
         for name, value in (("limit", limit), ("offset", offset)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62):
                 raise InvalidInput(f"{name} must be a non-negative int, got {value!r}"[:200])
-        return self.store.list(check_user(user) if user is not None else None, limit=limit, offset=offset,
+        return self.store.list(check_user(user) if user is not None else None, limit=limit, offset=offset or 0,
                                filters=_check_filters(filters))  # fmt: skip
 
     def history(self, memory_id: int, *, user: str | None = None) -> list[HistoryEntry]:
@@ -257,12 +292,47 @@ class Memory:
             raise
         return count
 
+    def backup(self, path: str | os.PathLike[str]) -> Path:
+        """Copy the bank, consistently, while it is open and other processes write to it; returns the copy's path.
+
+        SQLite's online backup API copies one snapshot: every write committed before the backup began,
+        none of those after. The copy is one self-contained file (no -wal to go with it), created 0600
+        under a temporary name and renamed into place. Copying an open bank's .db by hand loses the
+        writes that are still in its -wal."""
+        target = _file_path(path, "backup path")
+        if target.is_dir():
+            raise InvalidInput(f"cannot back up to {target}: it is a directory")
+        if target.exists() and target.samefile(self.path):
+            raise InvalidInput(f"cannot back up {self.path} onto itself")
+        for sidecar in (Path(f"{target}-wal"), Path(f"{target}-shm")):
+            if sidecar.exists():  # a new file under an open bank's -wal would be corrupted by it
+                raise InvalidInput(f"cannot back up to {target}: {sidecar.name} exists, so it is an open bank "
+                                   "(or one that was not closed cleanly); choose another path")  # fmt: skip
+        try:
+            self.store.backup(target)
+        except OSError as e:
+            raise BankError(f"cannot back up {self.path} to {target}: {e}") from None
+        return target
+
     def import_jsonl(self, path: str | os.PathLike[str]) -> int:
-        """Import an export; every line is validated first, then all is written in one transaction."""
-        turns, memories, history = _read_export(_file_path(path, "import path"))
-        vectors = self._embed([m["text"] for m in memories]) if memories else np.zeros((0, 1), np.float32)
-        rows = [(m, vectors[i].tobytes()) for i, m in enumerate(memories)]
-        return self.store.import_rows(turns, rows, history)
+        """Import an export, or several concatenated; returns the memories added, re-embedded for this bank.
+
+        Every line is validated first, then all is written in one transaction: an error leaves the bank as
+        it was. Each header line starts a new export whose ids are its own (`cat a.jsonl b.jsonl` keeps both
+        banks apart); an id repeated within one export is refused with its line. What the bank already holds
+        is skipped: a memory with the same user, text and creation time (with its history), and a turn with
+        the same user, session, speaker, text and times. So importing a file twice adds it once, and a backup
+        imported into its own bank brings back only what was lost since. The file must be a regular file
+        with lines of at most 1 MiB.
+        """
+        sections = _read_export(_file_path(path, "import path"))
+        memories = [m for section in sections for m in section.memories]
+        held = self.store.held_memories({m["user"] for m in memories}) if memories else set()
+        todo = [m for m in memories if memory_key(m) not in held]  # the transaction decides again, with no model
+        if todo:
+            for m, vector in zip(todo, self._embed([m["text"] for m in todo])):
+                m["vector"] = vector.tobytes()
+        return self.store.import_rows(sections)
 
     # ---- introspection ----
 
@@ -292,14 +362,14 @@ class Memory:
     def manager(self) -> LLM:
         if self._manager is None:
             self._manager = as_llm(self._manager_spec, slot="manager", base_url=self._base_url,
-                                   n_threads=self._threads["manager"])  # fmt: skip
+                                   n_threads=self._threads["manager"], server_options=self._server_options)  # fmt: skip
         return self._manager
 
     @property
     def answerer(self) -> LLM:
         if self._answerer is None:
             self._answerer = as_llm(self._answerer_spec, slot="answerer", base_url=self._base_url,
-                                    n_threads=self._threads["answerer"])  # fmt: skip
+                                    n_threads=self._threads["answerer"], server_options=self._server_options)  # fmt: skip
         return self._answerer
 
     def _retrieve(self, question: str, k: int, *, user: str, sources: Sources) -> list[Shown]:
@@ -507,6 +577,10 @@ def _file_path(path: object, what: str) -> Path:
         os.fsencode(path)
     except UnicodeEncodeError:  # a lone surrogate: no file system can hold that name
         raise InvalidInput(f"{what} cannot be encoded for the file system: {os.fspath(path)!r}"[:200]) from None
+    try:
+        Path(path).exists()  # a name too long for the file system fails here, as the caller's mistake
+    except OSError as e:
+        raise InvalidInput(f"{what} is unusable ({e.strerror}): {os.fspath(path)!r}"[:200]) from None
     return Path(path)
 
 
@@ -518,58 +592,153 @@ def _check_filters(filters: object) -> dict[str, Any] | None:
     return check_metadata(filters)
 
 
-def _read_export(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Parse and validate a whole export before anything is written."""
+MAX_IMPORT_LINE_BYTES = 1 << 20  # an export's longest line, a history row with two escaped 64K-character texts, fits
+
+
+def _read_export(path: Path) -> list[ImportSection]:
+    """Parse and validate a whole import file, export by export, before anything is written."""
+    sections: list[ImportSection] = []
+    section: _Section | None = None
+    with _open_regular(path) as f:
+        for number, line in _bounded_lines(f, path):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("not a JSON object")
+                try:  # a '\\ud800' escape decodes to a lone surrogate, which SQLite cannot store as UTF-8
+                    json.dumps(row, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("a string holds a lone surrogate code point") from None
+                kind = row.pop("type", None)
+                if kind == "memr1-export":
+                    if row.get("version") != EXPORT_VERSION:
+                        raise ValueError(f"export version {row.get('version')!r} is not {EXPORT_VERSION}")
+                    if section is not None:
+                        sections.append(section.close(path))
+                    section = _Section()
+                    continue
+                section = section or _Section()  # lines before any header: one export without its header
+                if kind == "memory":
+                    item = MemoryItem(**row)
+                    check_text(item.text), check_user(item.user), check_metadata(item.metadata)
+                    section.claim("memory", item.id, number)
+                    section.memories.append(_memory_row(item))
+                elif kind == "history":
+                    entry = HistoryEntry(id=0, **row)
+                    check_user(entry.user)
+                    section.history.append((number, _history_row(entry)))
+                elif kind == "turn":
+                    if row.get("id") is not None:
+                        section.claim("turn", check_id(row["id"]), number)
+                    check_text(row.get("text"), "turn text"), check_user(row.get("user"))
+                    check_metadata(row.get("metadata"))
+                    check_label(row.get("speaker"), "speaker"), check_label(row.get("session"), "session")
+                    row["at"] = _iso(parse_time(row.get("at")))
+                    row["created_at"] = _iso(parse_time(row.get("created_at"), "created_at"))
+                    section.turns.append({k: row.get(k) for k in ("id", "user", "session", "speaker", "text", "at",
+                                                                  "created_at")} | {"metadata": row.get("metadata") or {}})  # fmt: skip
+                else:
+                    raise ValueError(f"unknown line type {kind!r}")
+            except (ValueError, TypeError, ValidationError, InvalidInput, RecursionError) as e:
+                detail = str(e).splitlines()[0] if not isinstance(e, ValidationError) else _first_error(e)
+                raise InvalidInput(f"{path}, line {number}: {detail}; nothing was imported") from None
+    if section is not None:
+        sections.append(section.close(path))
+    return sections
+
+
+class _Section:
+    """One export being read: its ids, the lines that gave them, and its rows."""
+
+    def __init__(self) -> None:
+        self.turns: list[dict[str, Any]] = []
+        self.memories: list[dict[str, Any]] = []
+        self.history: list[tuple[int, dict[str, Any]]] = []
+        self.lines: dict[tuple[str, int], int] = {}
+
+    def claim(self, kind: str, ident: int, number: int) -> None:
+        """Two rows with one id would be merged into one memory or turn: a file made by hand, or two exports
+        glued together without the second one's header."""
+        first = self.lines.setdefault((kind, ident), number)
+        if first != number:
+            raise ValueError(f"{kind} id {ident} appears twice in one export (first on line {first}); "
+                             "concatenated exports must each keep their header line")  # fmt: skip
+
+    def close(self, path: Path) -> ImportSection:
+        """Every history row must be about one of this export's memories, as its user, and each memory's
+        history must replay to its text: otherwise `history`, the search index and `check` disagree."""
+        memories = {m["id"]: m for m in self.memories}
+        last: dict[int, dict[str, Any]] = {}
+        for number, h in self.history:
+            memory = memories.get(h["memory_id"])
+            problem = None
+            if memory is None:
+                problem = f"a history row for memory {h['memory_id']}, but this export has no memory {h['memory_id']}"
+            elif h["user"] != memory["user"]:
+                problem = f"a history row for user {h['user']!r}, but memory {h['memory_id']} is {memory['user']!r}'s"
+            if problem:
+                raise InvalidInput(f"{path}, line {number}: {problem}; nothing was imported")
+            last[h["memory_id"]] = h
+        for m in self.memories:
+            h = last.get(m["id"])
+            if h is not None and (h["kind"] == "DELETE" or h["after"] != m["text"]):
+                number = self.lines[("memory", m["id"])]
+                raise InvalidInput(f"{path}, line {number}: memory {m['id']}'s history does not replay to its text "
+                                   f"(its last change is {h['kind']} to {h['after']!r})"[:300] + "; nothing was imported")  # fmt: skip
+        return ImportSection(self.turns, self.memories, [h for _, h in self.history])
+
+
+@contextlib.contextmanager
+def _open_regular(path: Path) -> Iterator[Any]:
+    """Open without blocking (a FIFO would wait for a writer) and refuse what is not a regular file: a device
+    such as /dev/zero never ends, and a directory is no export."""
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 may sit inside a JSON string
-    except (OSError, UnicodeDecodeError) as e:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
         raise InvalidInput(f"cannot read {path}: {e}") from None
-    turns: list[dict[str, Any]] = []
-    memories: list[dict[str, Any]] = []
-    history: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInput(f"cannot import {path}: it is not a regular file; nothing was imported")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+def _bounded_lines(f: Any, path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines split on "\\n" only (U+2028 may sit inside a JSON string), none read past the cap."""
+    number = 0
+    while True:
         try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("not a JSON object")
-            try:  # a '\\ud800' escape decodes to a lone surrogate, which SQLite cannot store as UTF-8
-                json.dumps(row, ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError("a string holds a lone surrogate code point") from None
-            kind = row.pop("type", None)
-            if kind == "memr1-export":
-                if row.get("version") != EXPORT_VERSION:
-                    raise ValueError(f"export version {row.get('version')!r} is not {EXPORT_VERSION}")
-            elif kind == "memory":
-                item = MemoryItem(**row)
-                check_text(item.text), check_user(item.user), check_metadata(item.metadata)
-                memories.append(_memory_row(item))
-            elif kind == "history":
-                entry = HistoryEntry(id=0, **row)
-                check_user(entry.user)
-                history.append(entry.model_dump(mode="json"))
-            elif kind == "turn":
-                check_text(row.get("text"), "turn text"), check_user(row.get("user"))
-                check_metadata(row.get("metadata"))
-                check_label(row.get("speaker"), "speaker"), check_label(row.get("session"), "session")
-                row["at"] = _iso(parse_time(row.get("at")))
-                row["created_at"] = _iso(parse_time(row.get("created_at"), "created_at"))
-                turns.append({k: row.get(k) for k in ("id", "user", "session", "speaker", "text", "at", "created_at")}
-                             | {"metadata": row.get("metadata") or {}})  # fmt: skip
-            else:
-                raise ValueError(f"unknown line type {kind!r}")
-        except (ValueError, TypeError, ValidationError, InvalidInput, RecursionError) as e:
-            detail = str(e).splitlines()[0] if not isinstance(e, ValidationError) else _first_error(e)
-            raise InvalidInput(f"{path}, line {number}: {detail}; nothing was imported") from None
-    return turns, memories, history
+            raw = f.readline(MAX_IMPORT_LINE_BYTES + 1)
+        except OSError as e:
+            raise InvalidInput(f"cannot read {path}: {e}; nothing was imported") from None
+        if not raw:
+            return
+        number += 1
+        if len(raw.removesuffix(b"\n")) > MAX_IMPORT_LINE_BYTES:
+            raise InvalidInput(f"{path}, line {number} is longer than 1 MiB, more than any export writes; "
+                               "nothing was imported")  # fmt: skip
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidInput(f"cannot read {path}, line {number}: {e}; nothing was imported") from None
 
 
 def _memory_row(item: MemoryItem) -> dict[str, Any]:
+    """Times as the bank writes them (isoformat, "+00:00" rather than JSON's "Z")."""
     row = item.model_dump(mode="json")
+    row.update(at=_iso(item.at), created_at=item.created_at.isoformat(), updated_at=item.updated_at.isoformat())
     row["at_ts"] = timestamp(item.at or item.created_at)
     return row
+
+
+def _history_row(entry: HistoryEntry) -> dict[str, Any]:
+    return entry.model_dump(mode="json") | {"changed_at": entry.changed_at.isoformat()}
 
 
 def _iso(moment: datetime | None) -> str | None:

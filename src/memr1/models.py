@@ -80,8 +80,8 @@ def _looks_like_hub(text: str) -> bool:
     return len(parts) >= 3 and not text.startswith((".", "/", "~")) and all(parts)
 
 
-def resolve(ref: str | os.PathLike[str], *, sha256: str | None = None) -> Path:
-    """Return a local file for `ref`: the path itself, or the hub's cache (downloading if allowed).
+def resolve(ref: str | os.PathLike[str], *, sha256: str | None = None, download: bool = True) -> Path:
+    """Return a local file for `ref`: the path itself, or the hub's cache (downloading if `download`).
 
     A pin, `ref@sha256:<hex>` or `sha256=`, is checked before the file is returned: a mismatch refuses it.
     """
@@ -93,7 +93,7 @@ def resolve(ref: str | os.PathLike[str], *, sha256: str | None = None) -> Path:
         if pin is not None and pin != sha256.lower():
             raise ModelNotAvailable(f"model {parsed.label!r} is pinned to two different sha256 digests")
         pin = sha256.lower()
-    path = parsed.path if parsed.path is not None else _from_hub(parsed)
+    path = parsed.path if parsed.path is not None else _from_hub(parsed, download=download)
     if not path.is_file():
         raise ModelNotAvailable(f"model {parsed.label!r}: no such file")
     if pin:
@@ -107,7 +107,7 @@ def file_identity(path: Path) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _from_hub(ref: ModelRef) -> Path:
+def _from_hub(ref: ModelRef, *, download: bool = True) -> Path:
     from huggingface_hub import hf_hub_download
 
     assert ref.repo_id and ref.filename
@@ -115,6 +115,8 @@ def _from_hub(ref: ModelRef) -> Path:
         return Path(hf_hub_download(ref.repo_id, ref.filename, local_files_only=True))
     except Exception:
         pass
+    if not download:
+        raise ModelNotAvailable(f"model {ref.label!r} is not in the local Hugging Face cache")
     global _hub_failed_at
     if _hub_failed_at is not None and time.monotonic() - _hub_failed_at < _HUB_RETRY_AFTER_S:
         raise ModelNotAvailable(f"model {ref.label!r} is not in the Hugging Face cache and the hub was unreachable "

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -85,10 +85,16 @@ class _Rows:
     vecs: np.ndarray  # float16 vectors for re-scoring
     users: np.ndarray  # int32 user codes
     ts: np.ndarray  # float64 at_ts
+    live: np.ndarray  # bool; a deleted memory's row stays, marked dead, until the rows are compacted
 
 
 class VectorIndex:
-    """In-memory copy of one bank's vectors: sign bits for the coarse pass, float16 to re-score."""
+    """In-memory copy of one bank's vectors: sign bits for the coarse pass, float16 to re-score.
+
+    Its arrays keep spare rows, so a write changes a few rows in place: a new memory takes the next spare
+    row (memory ids only grow, so id order holds), an update overwrites its row, a delete marks its row
+    dead. Copying 100k vectors on every write made a search right after a write 6× slower (issue 12).
+    """
 
     def __init__(self, dim: int, *, exact_below: int = 4096, oversample: int = 20, min_candidates: int = 2000):
         self.dim = dim
@@ -96,14 +102,22 @@ class VectorIndex:
         self.oversample = oversample
         self.min_candidates = min_candidates
         self.lock = threading.Lock()
+        self.rebuilds = 0  # full reloads from the bank: writes must not cause them
         self._seen = -1  # last history id applied
         self._center = np.zeros(dim, dtype=np.float32)
         self._users: dict[str, int] = {}
-        self._rows = _Rows(np.empty(0, np.int64), np.empty(((dim + 63) // 64, 0), np.uint64),
-                           np.empty((0, dim), np.float16), np.empty(0, np.int32), np.empty(0, np.float64))  # fmt: skip
+        self._buf = self._alloc(0)
+        self._n = 0  # rows in use, dead ones included; the rest of _buf is spare
+        self._dead = 0
 
     def __len__(self) -> int:
-        return len(self._rows.ids)
+        return self._n - self._dead
+
+    @property
+    def _rows(self) -> _Rows:
+        """Views of the rows in use; only valid while the lock is held."""
+        b, n = self._buf, self._n
+        return _Rows(b.ids[:n], b.bits[:, :n], b.vecs[:n], b.users[:n], b.ts[:n], b.live[:n])
 
     # ---- keeping up with the bank ----
 
@@ -117,13 +131,13 @@ class VectorIndex:
             else:
                 changed = [r[0] for r in conn.execute(
                     "SELECT DISTINCT memory_id FROM history WHERE id > ? AND id <= ?", (self._seen, head))]  # fmt: skip
-                self._drop(changed)
                 marks = ",".join("?" * len(changed))
                 rows = conn.execute(
                     f"SELECT m.id, m.user_id, m.at_ts, v.embedding FROM memories m "
                     f"JOIN vec_memories v ON v.memory_id = m.id WHERE m.id IN ({marks})",
                     changed,
                 ).fetchall()
+                self._drop(set(changed).difference(r[0] for r in rows))
                 self._append(rows)
             self._seen = head
 
@@ -141,32 +155,77 @@ class VectorIndex:
         self._center = matrix.mean(axis=0) if len(ids) >= 64 else np.zeros(self.dim, np.float32)
         self._users = {}
         users = [self._code(meta[mid][0]) for mid in ids]
-        self._rows = _Rows(
-            np.asarray(ids, np.int64), self._pack(matrix), matrix.astype(np.float16), np.asarray(users, np.int32),
-            np.asarray([meta[mid][1] for mid in ids], np.float64),
-        )  # fmt: skip
+        self._buf, self._n, self._dead = self._alloc(self._room(len(ids))), len(ids), 0
+        self._write(slice(0, len(ids)), np.asarray(ids, np.int64), matrix, np.asarray(users, np.int32),
+                    np.asarray([meta[mid][1] for mid in ids], np.float64))  # fmt: skip
+        self.rebuilds += 1
 
-    def _drop(self, ids: Sequence[int]) -> None:
-        keep = ~np.isin(self._rows.ids, np.asarray(ids, np.int64))
-        r = self._rows
-        self._rows = _Rows(r.ids[keep], r.bits[:, keep], r.vecs[keep], r.users[keep], r.ts[keep])
+    def _drop(self, ids: Iterable[int]) -> None:
+        at = self._find(np.fromiter(ids, np.int64))
+        at = at[at >= 0]
+        at = at[self._buf.live[at]]
+        self._buf.live[at] = False
+        self._dead += len(at)
+        if self._dead > self._n // 8:  # dead rows still cost every full pass; compacting this late stays amortised
+            live = np.flatnonzero(self._rows.live)
+            self._move(self._room(len(live)), live)
+            self._dead = 0
 
     def _append(self, rows: Sequence[tuple[int, str, float, bytes]]) -> None:
+        """Add memories, or overwrite the rows of those already held (an update)."""
         if not rows:
             return
+        rows = sorted(rows, key=lambda row: row[0])
+        ids = np.asarray([x[0] for x in rows], np.int64)
         matrix = np.frombuffer(b"".join(r[3] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
-        r = self._rows
-        new = _Rows(
-            np.concatenate([r.ids, np.asarray([x[0] for x in rows], np.int64)]),
-            np.concatenate([r.bits, self._pack(matrix)], axis=1),
-            np.concatenate([r.vecs, matrix.astype(np.float16)]),
-            np.concatenate([r.users, np.asarray([self._code(x[1]) for x in rows], np.int32)]),
-            np.concatenate([r.ts, np.asarray([x[2] for x in rows], np.float64)]),
-        )
-        if np.any(new.ids[1:] < new.ids[:-1]):  # an update re-appends an old id: restore id order
-            o = np.argsort(new.ids, kind="stable")
-            new = _Rows(new.ids[o], np.ascontiguousarray(new.bits[:, o]), new.vecs[o], new.users[o], new.ts[o])
-        self._rows = new
+        users = np.asarray([self._code(x[1]) for x in rows], np.int32)
+        ts = np.asarray([x[2] for x in rows], np.float64)
+        at = self._find(ids)
+        held = at >= 0
+        if held.any():
+            self._dead -= int(np.count_nonzero(~self._buf.live[at[held]]))
+            self._write(at[held], ids[held], matrix[held], users[held], ts[held])
+        new = ~held
+        if not new.any():
+            return
+        start, count = self._n, int(new.sum())
+        if start + count > len(self._buf.ids):  # grown by half: each row is copied O(1) times on average
+            self._move(max(start + count, len(self._buf.ids) * 3 // 2, 64), slice(None))
+        self._n += count
+        self._write(slice(start, start + count), ids[new], matrix[new], users[new], ts[new])
+        if start and self._buf.ids[start - 1] > ids[new][0]:  # below the newest id (a vector added by hand):
+            self._move(len(self._buf.ids), np.argsort(self._rows.ids, kind="stable"))  # restore id order
+
+    def _find(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id, or -1."""
+        held = self._buf.ids[: self._n]
+        if not len(held):
+            return np.full(len(ids), -1, np.int64)
+        at = np.minimum(np.searchsorted(held, ids), len(held) - 1)
+        return np.where(held[at] == ids, at, -1)
+
+    def _write(self, at: slice | np.ndarray, ids: np.ndarray, matrix: np.ndarray, users: np.ndarray,
+               ts: np.ndarray) -> None:  # fmt: skip
+        b = self._buf
+        b.ids[at], b.bits[:, at], b.vecs[at], b.users[at], b.ts[at] = ids, self._pack(matrix), matrix, users, ts
+        b.live[at] = True
+
+    def _move(self, capacity: int, rows: slice | np.ndarray) -> None:
+        """Copy `rows` of those in use, in that order, to new arrays of `capacity` rows."""
+        r, b = self._rows, self._alloc(capacity)
+        n = len(r.ids[rows])
+        b.ids[:n], b.bits[:, :n], b.vecs[:n] = r.ids[rows], r.bits[:, rows], r.vecs[rows]
+        b.users[:n], b.ts[:n], b.live[:n] = r.users[rows], r.ts[rows], r.live[rows]
+        self._buf, self._n = b, n
+
+    @staticmethod
+    def _room(n: int) -> int:
+        return n + n // 8 + 64  # the writes after a rebuild or compaction fill spare rows, not new arrays
+
+    def _alloc(self, capacity: int) -> _Rows:
+        return _Rows(np.empty(capacity, np.int64), np.empty(((self.dim + 63) // 64, capacity), np.uint64),
+                     np.empty((capacity, self.dim), np.float16), np.empty(capacity, np.int32),
+                     np.empty(capacity, np.float64), np.zeros(capacity, bool))  # fmt: skip
 
     def _code(self, user: str) -> int:
         return self._users.setdefault(user, len(self._users))
@@ -182,7 +241,7 @@ class VectorIndex:
     def _scope(self, r: _Rows, user: str | None, since: float | None, until: float | None,
                allowed: np.ndarray | None) -> np.ndarray | None:  # fmt: skip
         """Row numbers within the scope (None: an unknown user, so nothing)."""
-        mask = np.ones(len(r.ids), dtype=bool)
+        mask = r.live.copy()
         if user is not None:
             if user not in self._users:
                 return None
@@ -205,10 +264,12 @@ class VectorIndex:
                 return []
             want = max(n * self.oversample, self.min_candidates)
             if len(rows) > max(want, self.exact_below):  # big scope: keep the Hamming-nearest for re-scoring
-                whole = len(rows) == len(r.ids)
-                distance = np.zeros(len(rows), np.int32)
+                most = 2 * len(rows) >= len(r.ids)  # one contiguous pass over every row beats gathering most
+                distance = np.zeros(len(r.ids) if most else len(rows), np.int32)
                 for word, qword in zip(r.bits, self._pack(query)[:, 0]):
-                    distance += np.bitwise_count((word if whole else word[rows]) ^ qword)
+                    distance += np.bitwise_count((word if most else word[rows]) ^ qword)
+                if most and len(rows) < len(r.ids):
+                    distance = distance[rows]
                 rows = rows[np.argpartition(distance, want)[:want]]
             sims = r.vecs[rows].astype(np.float32) @ query.astype(np.float32)
             order = np.argsort(-sims, kind="stable")[:n]
@@ -219,11 +280,16 @@ class VectorIndex:
                    allowed: np.ndarray | None = None) -> list[tuple[int, int, int]]:  # fmt: skip
         """(memory id, neighbour id, distance) for the memories up to `radius` before and after each id
         in its user's bank, within the scope and at most `gap` seconds from it."""
-        with self.lock:
+        with self.lock:  # sync changes rows in place: read them all under the lock
             r = self._rows
             rows = self._scope(r, user, since, until, allowed)
-        if rows is None or not len(rows) or not len(ids):
-            return []
+            if rows is None or not len(rows) or not len(ids):
+                return []
+            return self._links(r, rows, ids, radius, gap, user)
+
+    @staticmethod
+    def _links(r: _Rows, rows: np.ndarray, ids: Sequence[int], radius: int, gap: float,
+               user: str | None) -> list[tuple[int, int, int]]:  # fmt: skip
         if user is None:  # several users: order the scope by user, then id
             rows = rows[np.lexsort((r.ids[rows], r.users[rows]))]
         where = np.full(len(r.ids), -1, np.int64)  # row number -> place in the scope
@@ -342,33 +408,56 @@ def search(store: Store, index: VectorIndex, query_vector: np.ndarray | None, qu
 # ---- raw turns: what the Memory Manager missed is still there for `ask` ----
 
 
+class _Turns:
+    """One user's turn vectors, in id order, with spare rows for the next turns."""
+
+    def __init__(self, dim: int) -> None:
+        self.state = (0, 0)  # (count, last id) of the user's turns in the snapshot last read
+        self.n = 0
+        self.ids = np.empty(0, np.int64)
+        self.sessions = np.empty(0, object)
+        self.vecs = np.empty((0, dim), np.float32)
+
+    def extend(self, count: int, fresh: Sequence[tuple[int, str | None, bytes | None]]) -> None:
+        self.state = (count, fresh[-1][0] if fresh else self.state[1])
+        fresh = [row for row in fresh if row[2] is not None]
+        start, end = self.n, self.n + len(fresh)
+        if end > len(self.ids):  # grown by half: each vector is copied O(1) times on average
+            size = max(end, len(self.ids) * 3 // 2, 64)
+            self.ids, self.sessions, self.vecs = (np.resize(self.ids, size), np.resize(self.sessions, size),
+                                                  np.resize(self.vecs, (size, self.vecs.shape[1])))  # fmt: skip
+        self.ids[start:end] = [row[0] for row in fresh]
+        self.sessions[start:end] = [row[1] for row in fresh]
+        vecs = np.frombuffer(b"".join(row[2] for row in fresh), np.float32)
+        self.vecs[start:end] = vecs.reshape(end - start, self.vecs.shape[1])
+        self.n = end
+
+
 class TurnIndex:
     """Each user's turn vectors in memory, in id order. Turns are append-only (only a user's erasure removes
-    them), so keeping up means appending what is past the last id seen, and rebuilding when the count drops."""
+    them), so keeping up means appending what is past the last id seen, in place; a count that no longer adds
+    up means turns were erased, and the user's copy is read again."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.lock = threading.Lock()
-        self._users: dict[str, tuple[tuple[int, int], np.ndarray, list[str | None], np.ndarray]] = {}
+        self._users: dict[str, _Turns] = {}
 
-    def rows(self, store: Store, user: str) -> tuple[np.ndarray, list[str | None], np.ndarray]:
+    def rows(self, store: Store, user: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(turn ids, sessions, unit vectors) of the user's turns that have a vector."""
         state = store.turn_state(user)
         with self.lock:
-            cached = self._users.get(user)
-            if cached is not None and cached[0] == state:
-                return cached[1], cached[2], cached[3]
-            grow = cached is not None and state[0] >= cached[0][0] and state[1] >= cached[0][1]
-            after = int(cached[1][-1]) if grow and cached and len(cached[1]) else 0
-            fresh = store.turn_vectors(user, after if grow else 0)
-            ids = np.asarray([r[0] for r in fresh], np.int64)
-            vecs = np.frombuffer(b"".join(r[2] for r in fresh), np.float32).reshape(len(fresh), self.dim)
-            sessions = [r[1] for r in fresh]
-            if grow and cached is not None:
-                ids, sessions, vecs = (np.concatenate([cached[1], ids]), cached[2] + sessions,
-                                       np.concatenate([cached[3], vecs]))  # fmt: skip
-            self._users[user] = (state, ids, sessions, vecs)
-            return ids, sessions, vecs
+            held = self._users.get(user)
+            if held is None or held.state != state:
+                count, fresh = store.turns_past(user, held.state[1] if held is not None else 0)
+                if held is not None and count != held.state[0] + len(fresh):  # some it holds are gone
+                    count, fresh = store.turns_past(user, 0)
+                    held = None
+                if held is None:
+                    held = self._users[user] = _Turns(self.dim)
+                held.extend(count, fresh)
+            n = held.n  # views: later appends only write past them
+            return held.ids[:n], held.sessions[:n], held.vecs[:n]
 
 
 def search_turns(store: Store, index: TurnIndex, query_vector: np.ndarray | None, query: str, *, k: int,

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import sqlite3
+import stat
+import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlite_vec
 
@@ -24,6 +27,7 @@ from .errors import BankBusy, BankError, Conflict, ExtensionUnavailable, Incompa
 from .schema import HistoryEntry, MemoryItem, StoredTurn, check_key, utcnow
 
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
+log = logging.getLogger("memr1")
 
 
 def _driver_module():
@@ -169,6 +173,30 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
+class ImportSection(NamedTuple):
+    """One export within an import file, validated: its ids are its own, so two banks' memory 1 never meet."""
+
+    turns: list[dict[str, Any]]
+    memories: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+
+
+def _instant(value: str | None) -> datetime | None:
+    """Times compare as moments: "…Z" and "…+00:00" spell the same one."""
+    return datetime.fromisoformat(value) if value else None
+
+
+def memory_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes an imported memory one the bank already holds."""
+    return row["user"], row["text"], _instant(row["created_at"])
+
+
+def turn_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes an imported turn one the bank already holds."""
+    return (row["user"], row["session"], row["speaker"], row["text"], _instant(row["at"]),
+            _instant(row["created_at"]))  # fmt: skip
+
+
 def row_to_item(row: Sequence[Any]) -> MemoryItem:
     mid, user, text, at, created, updated, metadata, sources = row
     return MemoryItem(
@@ -213,11 +241,14 @@ class Store:
         ):
             raise InvalidInput(f"a bank path must be a str or os.PathLike without NUL, got {path!r}"[:200])
         self.path = Path(path)
+        self._abspath = Path(os.path.abspath(path))  # the identity check must not follow a later chdir
         self.busy_timeout_ms = busy_timeout_ms
         self.lock = threading.RLock()
         self._driver = _driver_module()
         if self.path.is_dir():
             raise BankError(f"{self.path} is a directory, not a bank file")
+        _refuse_foreign(self.path, self._driver, busy_timeout_ms)  # before SQLite creates or writes a byte
+        _create_private(self.path)
         try:
             self.conn = self._driver.connect(
                 str(self.path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
@@ -232,6 +263,8 @@ class Store:
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process crashes
             self.conn.execute("PRAGMA foreign_keys = ON")
+            self.conn.execute("PRAGMA secure_delete = ON")  # a deleted or replaced text leaves no copy in free space
+            self._identity = _file_identity(self._abspath)
             self._migrate()
         except self._driver.DatabaseError as e:
             self.conn.close()
@@ -263,6 +296,10 @@ class Store:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception; waits at most busy_timeout for the lock."""
         with self.lock, self._translated():
             self.conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout, then SQLITE_BUSY: BankBusy
+            if (moved := self._moved()) is not None:
+                self._end("ROLLBACK")
+                self._disown_wal()
+                raise BankError(moved)
             try:
                 yield self.conn
             except BaseException:
@@ -288,9 +325,72 @@ class Store:
         with self.lock, self._translated():
             return self.conn.execute(sql, params).fetchall()
 
+    def _moved(self) -> str | None:
+        """Why not to write, when the path no longer names the file this connection has open.
+
+        A bank unlinked or replaced (a backup restored over it) under an open connection still takes
+        writes, into a file nobody will read again."""
+        now = _file_identity(self._abspath)
+        if now == self._identity:
+            return None
+        what = "deleted" if now is None else "replaced by another file"
+        return (f"{self.path} was {what} after this Memory opened it; nothing was written. Close it and open "
+                "the bank again (and never replace or delete a bank's files while it is open)")  # fmt: skip
+
+    def _disown_wal(self) -> None:
+        """Empty the -wal of a bank whose file was replaced: it is found by name, so the new file would
+        take its frames (pages of the old file) for its own and be corrupted. SQLite keeps the -wal of
+        a moved file when it closes, so this is the only moment to do it."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # into the old file, then truncated
+        except self._driver.Error:
+            pass
+
     def close(self) -> None:
+        """Close, after copying the -wal into the .db so that the .db alone holds every committed write.
+
+        PASSIVE never waits: a frame another connection still reads stays in the -wal, for it to copy later."""
         with self.lock:
+            if self._moved() is not None:
+                self._disown_wal()
+            else:
+                try:
+                    self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except self._driver.Error:
+                    pass  # another connection is checkpointing: it copies the same frames
             self.conn.close()
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the whole -wal into the .db and truncate it: (busy, frames in the -wal, frames copied).
+
+        Waits up to busy_timeout for readers of older snapshots; busy=1 means some frames had to stay."""
+        with self.lock, self._translated():
+            return tuple(self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+
+    def backup(self, target: Path) -> None:
+        """Copy the bank to `target` through SQLite's online backup API, from one read snapshot.
+
+        The copy is written to a private temporary file beside `target`, then renamed over it."""
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # 0600
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            dest = self._driver.connect(name, isolation_level=None)
+            try:
+                with self.lock, self._translated():
+                    # pages=-1: every page in one step, under one read transaction. Stepwise, each write by
+                    # another process would restart the copy, and a busy bank would never finish.
+                    self.conn.backup(dest, pages=-1)
+            finally:
+                dest.close()
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
+                leftover.unlink(missing_ok=True)
+            raise
+        _fsync_dir(target.parent)
 
     # ---- schema ----
 
@@ -454,14 +554,19 @@ class Store:
         """(count, last id) of a user's turns: what a cached copy of their vectors must match."""
         return tuple(self.query("SELECT count(*), coalesce(max(id), 0) FROM turns WHERE user_id = ?", (user,))[0])
 
-    def turn_vectors(self, user: str, after: int = 0) -> list[tuple[int, str | None, bytes]]:
-        """(turn id, session, vector) of a user's turns past `after`, by id; turns without a vector
-        (imported, or stored before turns had them) are found by words alone."""
-        return self.query(
-            "SELECT t.id, t.session, v.embedding FROM turns t JOIN turn_vectors v "
-            "ON v.turn_id = t.id WHERE t.user_id = ? AND t.id > ? ORDER BY t.id",
-            (user, after),
-        )
+    def turns_past(self, user: str, after: int = 0) -> tuple[int, list[tuple[int, str | None, bytes | None]]]:
+        """A user's turn count, and (turn id, session, vector) of their turns past `after` by id, from one
+        snapshot: a cached copy that appends them can tell from the count whether any turn it holds was erased
+        meanwhile. Turns without a vector (imported, or stored before turns had them) come with None: they are
+        counted, and found by words alone."""
+        with self.read() as conn:
+            count = conn.execute("SELECT count(*) FROM turns WHERE user_id = ?", (user,)).fetchone()[0]
+            rows = conn.execute(
+                "SELECT t.id, t.session, v.embedding FROM turns t LEFT JOIN turn_vectors v "
+                "ON v.turn_id = t.id WHERE t.user_id = ? AND t.id > ? ORDER BY t.id",
+                (user, after),
+            ).fetchall()
+        return count, rows
 
     def turns_fts(self, match: str, *, limit: int, user: str) -> list[tuple[int, float]]:
         return self.query(
@@ -481,48 +586,124 @@ class Store:
     def delete_turns(self, conn: Any, user: str) -> int:
         return conn.execute("DELETE FROM turns WHERE user_id = ?", (user,)).rowcount
 
-    def import_rows(self, turns: Sequence[dict[str, Any]], memories: Sequence[tuple[dict[str, Any], bytes]],
-                    history: Sequence[dict[str, Any]]) -> int:  # fmt: skip
-        """Insert an export in one transaction; ids are re-allocated and references remapped."""
+    def held_memories(self, users: Iterable[str]) -> set[tuple[Any, ...]]:
+        """`memory_key` of every memory these users have: what an import will skip."""
+        with self.read() as conn:
+            return self._held_memories(conn, users)
+
+    @staticmethod
+    def _held_memories(conn: Any, users: Iterable[str]) -> set[tuple[Any, ...]]:
+        held: set[tuple[Any, ...]] = set()
+        for user in set(users):
+            rows = conn.execute("SELECT text, created_at FROM memories WHERE user_id = ?", (user,))
+            held.update(memory_key({"user": user, "text": text, "created_at": created}) for text, created in rows)
+        return held
+
+    @staticmethod
+    def _held_turns(conn: Any, users: Iterable[str]) -> dict[tuple[Any, ...], int]:
+        held: dict[tuple[Any, ...], int] = {}
+        for user in set(users):
+            for tid, *row in conn.execute(
+                "SELECT id, session, speaker, text, at, created_at FROM turns WHERE user_id = ? ORDER BY id", (user,)
+            ):
+                keys = ("session", "speaker", "text", "at", "created_at")
+                held.setdefault(turn_key({"user": user, **dict(zip(keys, row))}), tid)
+        return held
+
+    def forget(self, user: str) -> int:
+        """Erase every trace of one user's texts, in one transaction; returns memories erased.
+
+        Rows are deleted with secure_delete on (set at open), so freed space is zeroed. FTS5 'delete'
+        only appends a tombstone: the terms stay in older index segments until they are merged, so
+        both indexes are merged into one segment ('optimize'). The -wal still holds the pages as they
+        were until a checkpoint copies the new ones over them and truncates it: that comes last."""
         with self.write() as conn:
-            turn_ids: dict[int, int] = {}
-            for t in turns:
-                turn_ids[t["id"]] = conn.execute(
-                    "INSERT INTO turns (user_id, session, speaker, text, at, created_at, metadata) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (
-                        t["user"],
-                        t["session"],
-                        t["speaker"],
-                        t["text"],
-                        t["at"],
-                        t["created_at"],
-                        json.dumps(t["metadata"]),
-                    ),
-                ).fetchone()[0]
-            memory_ids: dict[int, int] = {}
-            for m, vector in memories:
-                sources = [turn_ids.get(s, s) for s in m["source_turns"]]
-                new = conn.execute(
-                    "INSERT INTO memories (user_id, text, at, at_ts, created_at, updated_at, metadata, source_turns) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (m["user"], m["text"], m["at"], m["at_ts"], m["created_at"], m["updated_at"],
-                     json.dumps(m["metadata"]), json.dumps(sources)),
-                ).fetchone()[0]  # fmt: skip
-                conn.execute("INSERT INTO vec_memories (memory_id, embedding) VALUES (?, ?)", (new, vector))
-                memory_ids[m["id"]] = new
-            has_history = set()
-            for h in history:
-                if h["memory_id"] not in memory_ids:
-                    continue
-                has_history.add(h["memory_id"])
-                self._history(conn, memory_ids[h["memory_id"]], h["user"], h["kind"], h["before"], h["after"],
-                              h["actor"], turn_ids.get(h["turn_id"]) if h["turn_id"] else None, h["changed_at"])  # fmt: skip
-            for m, _ in memories:  # every memory needs an ADD row: the index follows history
-                if m["id"] not in has_history:
-                    self._history(conn, memory_ids[m["id"]], m["user"], "ADD", None, m["text"], "import", None,
-                                  utcnow().isoformat())  # fmt: skip
-        return len(memories)
+            count = conn.execute("SELECT count(*) FROM memories WHERE user_id = ?", (user,)).fetchone()[0]
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'vec_memories'").fetchone():
+                conn.execute("DELETE FROM vec_memories WHERE memory_id IN (SELECT id FROM memories WHERE user_id = ?)",
+                             (user,))  # fmt: skip
+            conn.execute("DELETE FROM memories WHERE user_id = ?", (user,))  # the trigger deletes from fts_memories
+            conn.execute("DELETE FROM history WHERE user_id = ?", (user,))
+            conn.execute("DELETE FROM turns WHERE user_id = ?", (user,))  # ... from fts_turns and turn_vectors
+            conn.execute("INSERT INTO fts_memories(fts_memories) VALUES ('optimize')")
+            conn.execute("INSERT INTO fts_turns(fts_turns) VALUES ('optimize')")
+            # History is otherwise append-only, and in-memory copies of the vectors follow it: this tells
+            # every process that rows went away, so that they rebuild their copies.
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('erasures', '1') "
+                "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            )
+        busy, _, _ = self.checkpoint()
+        if busy:
+            log.warning("%s: another connection still reads an older snapshot, so the -wal keeps copies of "
+                        "erased pages until the next checkpoint (closing every connection makes one)", self.path)  # fmt: skip
+        return count
+
+    def erasures(self) -> int:
+        """How many erasures the bank has seen: a copy of its rows made before the last one is stale."""
+        return int(self.query("SELECT coalesce((SELECT value FROM meta WHERE key = 'erasures'), 0)")[0][0])
+
+    def import_rows(self, sections: Sequence[ImportSection]) -> int:
+        """Insert exports in one transaction; returns the memories added.
+
+        Ids are re-allocated section by section, and a section's references follow its own ids only. What
+        the bank already holds (before this section) is skipped: a memory with its history, and a turn,
+        whose citations then point to the turn the bank holds. Each memory to add carries its "vector".
+        """
+        added = 0
+        with self.write() as conn:
+            users = {row["user"] for section in sections for row in (*section.turns, *section.memories)}
+            held_memories, held_turns = self._held_memories(conn, users), self._held_turns(conn, users)
+            for section in sections:
+                turn_ids: dict[int, int] = {}
+                new_turns: dict[tuple[Any, ...], int] = {}
+                for t in section.turns:
+                    key = turn_key(t)
+                    tid = held_turns.get(key)
+                    if tid is None:
+                        tid = conn.execute(
+                            "INSERT INTO turns (user_id, session, speaker, text, at, created_at, metadata) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                            (t["user"], t["session"], t["speaker"], t["text"], t["at"], t["created_at"],
+                             json.dumps(t["metadata"])),
+                        ).fetchone()[0]  # fmt: skip
+                        new_turns.setdefault(key, tid)
+                    if t["id"] is not None:
+                        turn_ids[t["id"]] = tid
+                memory_ids: dict[int, int] = {}
+                new_memories: set[tuple[Any, ...]] = set()
+                for m in section.memories:
+                    key = memory_key(m)
+                    if key in held_memories:
+                        continue
+                    if m.get("vector") is None:  # held when the import looked, gone now: its vector was never made
+                        raise Conflict(f"{self.path} changed while the import was embedding; nothing was imported, "
+                                       "retry")  # fmt: skip
+                    sources = list(dict.fromkeys(turn_ids[s] for s in m["source_turns"] if s in turn_ids))
+                    new = conn.execute(
+                        "INSERT INTO memories (user_id, text, at, at_ts, created_at, updated_at, metadata, source_turns) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                        (m["user"], m["text"], m["at"], m["at_ts"], m["created_at"], m["updated_at"],
+                         json.dumps(m["metadata"]), json.dumps(sources)),
+                    ).fetchone()[0]  # fmt: skip
+                    conn.execute("INSERT INTO vec_memories (memory_id, embedding) VALUES (?, ?)", (new, m["vector"]))
+                    memory_ids[m["id"]] = new
+                    new_memories.add(key)
+                has_history = set()
+                for h in section.history:
+                    if h["memory_id"] not in memory_ids:  # a skipped memory keeps the history the bank has
+                        continue
+                    has_history.add(h["memory_id"])
+                    self._history(conn, memory_ids[h["memory_id"]], h["user"], h["kind"], h["before"], h["after"],
+                                  h["actor"], turn_ids.get(h["turn_id"]), h["changed_at"])  # fmt: skip
+                for m in section.memories:  # every memory needs an ADD row: the index follows history
+                    if m["id"] in memory_ids and m["id"] not in has_history:
+                        self._history(conn, memory_ids[m["id"]], m["user"], "ADD", None, m["text"], "import", None,
+                                      utcnow().isoformat())  # fmt: skip
+                held_memories |= new_memories
+                held_turns = new_turns | held_turns
+                added += len(memory_ids)
+        return added
 
     def export_rows(self, user: str | None) -> Iterator[dict[str, Any]]:
         """Turns, then memories, then the history of those memories, as plain dicts."""
@@ -667,6 +848,101 @@ class Store:
             "sqlite_vec_version": vec_version,
             "schema_version": SCHEMA_VERSION,
         }
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _create_private(path: Path) -> None:
+    """Create a new bank file readable by its owner only; SQLite gives its -wal and -shm the same mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        pass  # it exists (or cannot be made here): SQLite opens it, or says why it cannot
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # Windows cannot open a directory: its rename is durable without this
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_MIGRATIONS_COLUMNS = ["version", "name", "applied_at"]
+
+
+def _refuse_foreign(path: Path, driver: Any, busy_timeout_ms: int) -> None:
+    """Refuse any file that is not a memr1 bank, before opening it runs PRAGMA journal_mode=WAL and the
+    migrations, which would convert another application's database for good.
+
+    The schema is read read-only: no file, an empty file or a database without a schema becomes a new bank;
+    one with memr1's migrations table is a bank (alone and empty, it is a bank whose creation was cut short).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise BankError(f"cannot open {path}: {e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise BankError(f"{path} is a directory, not a bank file")
+    if not stat.S_ISREG(st.st_mode):  # SQLite would wait on a FIFO, or read a device forever
+        raise BankError(f"{path} is not a memr1 bank: it is not a regular file; it was left untouched")
+    if st.st_size == 0:
+        return
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError as e:
+        raise BankError(f"cannot open {path}: {e}") from None
+    if not header.startswith(_SQLITE_MAGIC):
+        raise BankError(f"{path} is not a memr1 bank: it is not an SQLite database; it was left untouched")
+    # A read-only connection to a WAL database creates its -wal and -shm files and leaves them behind. With no
+    # -wal file nobody has the database open, so the main file holds all of it and is read as immutable.
+    modes = ["mode=ro"]
+    if header[18:20] == b"\x02\x02" and not os.path.exists(f"{path}-wal"):
+        modes.insert(0, "immutable=1")  # then mode=ro, should a writer that came meanwhile change the file
+    uri = Path(os.path.abspath(path)).as_uri()
+    for mode in modes:
+        try:
+            conn = driver.connect(f"{uri}?{mode}", uri=True, isolation_level=None, timeout=busy_timeout_ms / 1000)
+        except driver.Error as e:
+            raise BankError(f"cannot open {path}: {e}") from None
+        try:
+            tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+            if conn.execute("SELECT 1 FROM sqlite_master").fetchone() is None:
+                return
+            columns = [r[0] for r in conn.execute("SELECT name FROM pragma_table_info('migrations')")]
+            first = None
+            if columns == _MIGRATIONS_COLUMNS:
+                first = conn.execute("SELECT name FROM migrations WHERE version = 1").fetchone()
+            break
+        except driver.DatabaseError as e:
+            if mode != modes[-1]:
+                continue
+            if _is_busy(e):
+                raise _busy_error(path, e, busy_timeout_ms) from None
+            raise BankError(f"{path} is not a memr1 bank (or not a readable SQLite file): {e}; "
+                            "it was left untouched") from None  # fmt: skip
+        finally:
+            conn.close()
+    cut_short = first is None and tables == ["migrations"]
+    if columns == _MIGRATIONS_COLUMNS and (first == ("initial schema",) or cut_short):
+        return
+    raise BankError(f"{path} is not a memr1 bank: it is another application's SQLite database (tables: "
+                    f"{', '.join(tables[:10])}); it was left untouched. Give memr1 a file of its own")  # fmt: skip
 
 
 def _statements(script: str) -> list[str]:

@@ -151,8 +151,9 @@ _MERGES = [m.split("|") for m in 'Ġ|t h|e i|n e|r a|n o|n Ġ|a r|e Ġ|s e|n Ġ|
 _SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def write_chat_model(path, *, seed: int = 0, n_layer: int = 2, n_embd: int = 64, n_ctx: int = 4096) -> pathlib.Path:
-    """Write a LLaMA-style chat model with a byte-level BPE vocab and ChatML.
+def write_chat_model(path, *, seed: int = 0, n_layer: int = 2, n_embd: int = 64, n_ctx: int = 4096,
+                     chat_template: str = _CHATML_TEMPLATE) -> pathlib.Path:  # fmt: skip
+    """Write a LLaMA-style chat model with a byte-level BPE vocab and ChatML (or another `chat_template`).
 
     Every byte has its own token so any UTF-8 text (and any grammar-permitted
     output) is representable. Residual channel 0 is held constant so that
@@ -198,7 +199,7 @@ def write_chat_model(path, *, seed: int = 0, n_layer: int = 2, n_embd: int = 64,
     w.add_eot_token_id(im_end)
     w.add_pad_token_id(eot)
     w.add_add_bos_token(False)
-    w.add_chat_template(_CHATML_TEMPLATE)
+    w.add_chat_template(chat_template)
 
     # Per-token logit bias, random around a shape that favours short ASCII strings.
     bias = rng.normal(0.0, 0.5, n_vocab)

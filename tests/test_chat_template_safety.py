@@ -16,7 +16,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 import memr1.llm as llm_module
 from memr1 import Memory, ModelNotAvailable
 from memr1.llm import LlamaCpp
-from memr1.tiny_models import write_chat_model
+from memr1.tiny_models import write_chat_model, write_embedding_model
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -75,6 +75,15 @@ def test_a_template_that_allocates_gigabytes_is_refused_before_the_model_loads(t
         tracemalloc.stop()
     assert time.monotonic() - started < 15
     assert peak < 100 * 2**20, f"peak {peak / 2**20:.0f} MiB in this process"
+
+
+def test_an_embedding_models_template_is_vetted_too(tmp_path: Path, short_bound) -> None:
+    """llama-cpp-python compiles any file's templates when it loads it, an embedding model's included."""
+    path = write_embedding_model(tmp_path / "embed.gguf", chat_template=GIGABYTES)
+    with Memory(tmp_path / "b.db", embedder=path) as mem:
+        with pytest.raises(ModelNotAvailable, match=r"chat template of .* needs more than 256 MiB to compile"):
+            mem.add("Andrew adopted a dog.")
+        assert mem.list() == []
 
 
 def test_a_named_template_is_vetted_too(tmp_path: Path, tiny_embedder: Path, short_bound,

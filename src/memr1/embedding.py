@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .errors import ModelNotAvailable
+from .llm import vet_chat_templates
 from .models import parse_ref, resolve
 from .runtime import check_threads, header, shared_llama, thread_count
 
@@ -55,6 +56,7 @@ class LlamaEmbedder:
         self.query_prefix = query_prefix
         self._path: Path | None = None
         self._meta: dict[str, object] | None = None
+        self._vetted = False  # its chat templates, if any, compiled in a bounded child before the first load
 
     @property
     def path(self) -> Path:
@@ -91,6 +93,9 @@ class LlamaEmbedder:
         return str(name)
 
     def _llama(self) -> tuple[Any, threading.Lock]:
+        if not self._vetted:
+            vet_chat_templates(self.path, self.ref)
+            self._vetted = True
         ctx = int(self._metadata().get(f"{self._metadata()['general.architecture']}.context_length", 512))  # type: ignore[call-overload]
         ctx = min(ctx, MAX_EMBED_CONTEXT)  # one batch holds a whole text: bound its buffers
         return shared_llama(

@@ -148,6 +148,19 @@ def _run_child(job: dict[str, Any]) -> str:
     return str(out["rendered"])
 
 
+def vet_chat_templates(path: Path, ref: str) -> None:
+    """Compile a GGUF's chat templates in a bounded child before llama-cpp-python loads the file: it compiles
+    them all in this process, unbounded, and compiling folds constants such as 'A' * 1500000000. Embedding
+    models are loaded the same way, so they are vetted too."""
+    meta = header(path)
+    templates = [v for k, v in meta.items() if k.startswith("tokenizer.chat_template") and isinstance(v, str)]
+    if templates:
+        try:
+            _sandbox(templates)
+        except _Refused as e:
+            raise ModelNotAvailable(f"chat template of {ref!r} {e}") from None
+
+
 class LlamaCpp:
     """A GGUF chat model in process.
 
@@ -213,15 +226,7 @@ class LlamaCpp:
                             threads=thread_count(self.slot, self.n_threads))  # fmt: skip
 
     def _vet_templates(self) -> None:
-        """Compile the file's chat templates in a bounded child before llama-cpp-python loads it: it compiles
-        them all in this process, unbounded, and compiling folds constants such as 'A' * 1500000000."""
-        meta = header(self.path)
-        templates = [v for k, v in meta.items() if k.startswith("tokenizer.chat_template") and isinstance(v, str)]
-        if templates:
-            try:
-                _sandbox(templates)
-            except _Refused as e:
-                raise ModelNotAvailable(f"chat template of {self.ref!r} {e}") from None
+        vet_chat_templates(self.path, self.ref)
         self._vetted = True
 
     def _grammar(self, schema: dict[str, Any]) -> Any:

@@ -73,8 +73,8 @@ def _wordpiece_vocab() -> list[str]:
     return list(dict.fromkeys(pieces))
 
 
-def write_embedding_model(path, *, dim: int = 32, seed: int = 0) -> pathlib.Path:
-    """Write a BERT-style mean-pooling embedding model of width ``dim``.
+def write_embedding_model(path, *, dim: int = 32, seed: int = 0, chat_template: str | None = None) -> pathlib.Path:
+    """Write a BERT-style mean-pooling embedding model of width ``dim`` (with a `chat_template`, if given).
 
     Token embeddings dominate position embeddings so that different words give
     clearly different sentence vectors even with random weights.
@@ -98,6 +98,8 @@ def write_embedding_model(path, *, dim: int = 32, seed: int = 0) -> pathlib.Path
     w.add_causal_attention(False)
     w.add_pooling_type(gguf.PoolingType.MEAN)
 
+    if chat_template is not None:  # embedding models rarely have one, but a file may carry anything
+        w.add_chat_template(chat_template)
     w.add_tokenizer_model("bert")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)

@@ -60,8 +60,13 @@ def run(args: argparse.Namespace, model: Path, embedder: Path, reuse: bool, tmp:
     ]
     vectors = emb.inner.embed(texts) if args.memories else np.zeros((0, emb.dim), np.float32)
     for start in range(0, args.memories, 2000):
-        mem.store.apply([Change("ADD", "andrew", text=t, vector=v.tobytes(), at_ts=0.0)
-                         for t, v in zip(texts[start:start + 2000], vectors[start:start + 2000])], actor="bench")  # fmt: skip
+        mem.store.apply(
+            [
+                Change("ADD", "andrew", text=t, vector=v.tobytes(), at_ts=0.0)
+                for t, v in zip(texts[start : start + 2000], vectors[start : start + 2000])
+            ],
+            actor="bench",
+        )
     mem.search("warm up the index", user="andrew")
 
     def measure(fn) -> tuple[list[float], list[float], list[int], list[int], list[int], list[float]]:
@@ -80,8 +85,14 @@ def run(args: argparse.Namespace, model: Path, embedder: Path, reuse: bool, tmp:
             llm_s.append(llm)
         return wall, overhead, calls, ptok, ctok, llm_s
 
-    observe = measure(lambda i: mem.observe(f"I went {TOPICS[i % len(TOPICS)]} with my sister today, turn {i}.",
-                                            speaker="Andrew", at="2023-05-08T13:56", user="andrew"))  # fmt: skip
+    observe = measure(
+        lambda i: mem.observe(
+            f"I went {TOPICS[i % len(TOPICS)]} with my sister today, turn {i}.",
+            speaker="Andrew",
+            at="2023-05-08T13:56",
+            user="andrew",
+        )
+    )
     ask = measure(lambda i: mem.ask(f"What does Andrew say about {TOPICS[i % len(TOPICS)]}?", user="andrew"))
     from memr1 import prompts
 
@@ -117,17 +128,21 @@ def main(argv: list[str] | None = None) -> int:
         embedder = Path(args.embedder) if args.embedder else write_embedding_model(tmp / "tiny-embed.gguf", dim=384)
         on = run(args, model, embedder, True, tmp)
         off = run(args, model, embedder, False, tmp)
-    print(f"\nmodel: {model.name if args.model else 'tiny random-weight chat model (byte-level tokenizer)'}; "
-          f"embedder: {embedder.name if args.embedder else 'tiny random 384-d'}; {args.memories:,} memories; "
-          f"{args.turns} turns and {args.turns} questions per setting\n")  # fmt: skip
+    print(
+        f"\nmodel: {model.name if args.model else 'tiny random-weight chat model (byte-level tokenizer)'}; "
+        f"embedder: {embedder.name if args.embedder else 'tiny random 384-d'}; {args.memories:,} memories; "
+        f"{args.turns} turns and {args.turns} questions per setting\n"
+    )
     print(
         "| per | LLM calls | prompt tokens | completion tokens | SDK overhead p50 / p95 ms | LLM p50 ms, prefix reuse on | LLM p50 ms, off | reuse speed-up |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, label in (("observe", "observed turn"), ("ask", "question")):
-        print(f"| {label} | {on[f'{name}_calls']:.2f} | {on[f'{name}_prompt_tokens']:.0f} | {on[f'{name}_completion_tokens']:.0f} "
-              f"| {on[f'{name}_overhead_p50_ms']:.1f} / {on[f'{name}_overhead_p95_ms']:.1f} | {on[f'{name}_llm_p50_ms']:.1f} "
-              f"| {off[f'{name}_llm_p50_ms']:.1f} | {off[f'{name}_llm_p50_ms'] / on[f'{name}_llm_p50_ms']:.2f}× |")  # fmt: skip
+        print(
+            f"| {label} | {on[f'{name}_calls']:.2f} | {on[f'{name}_prompt_tokens']:.0f} | {on[f'{name}_completion_tokens']:.0f} "
+            f"| {on[f'{name}_overhead_p50_ms']:.1f} / {on[f'{name}_overhead_p95_ms']:.1f} | {on[f'{name}_llm_p50_ms']:.1f} "
+            f"| {off[f'{name}_llm_p50_ms']:.1f} | {off[f'{name}_llm_p50_ms'] / on[f'{name}_llm_p50_ms']:.2f}× |"
+        )
     print(
         f"\nanswer prompt for 60 memories: {on['prompt_chars_per_question']:,} characters "
         f"(≈{on['prompt_chars_per_question'] / 4:.0f} tokens at 4 characters per token)"

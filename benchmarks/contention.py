@@ -69,11 +69,30 @@ def worker(args: argparse.Namespace) -> None:
 def processes(n: int, before: bool, embedder: str, seconds: float, tmp: Path) -> dict[str, Any]:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "benchmarks.contention", "--worker", "--embedder", embedder,
-               "--seconds", str(seconds), *(["--before"] if before else [])]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.contention",
+        "--worker",
+        "--embedder",
+        embedder,
+        "--seconds",
+        str(seconds),
+        *(["--before"] if before else []),
+    ]
     pipe = subprocess.PIPE
-    children = [subprocess.Popen([*command, "--db", str(tmp / f"p{n}-{i}-{before}.db")], cwd=root, env=env,
-                                 stdin=pipe, stdout=pipe, stderr=pipe, text=True) for i in range(n)]  # fmt: skip
+    children = [
+        subprocess.Popen(
+            [*command, "--db", str(tmp / f"p{n}-{i}-{before}.db")],
+            cwd=root,
+            env=env,
+            stdin=pipe,
+            stdout=pipe,
+            stderr=pipe,
+            text=True,
+        )
+        for i in range(n)
+    ]
     try:
         for child in children:
             assert child.stdout is not None and child.stdout.readline().strip() == "ready", child.stderr.read()  # type: ignore[union-attr]
@@ -81,8 +100,9 @@ def processes(n: int, before: bool, embedder: str, seconds: float, tmp: Path) ->
             assert child.stdin is not None
             child.stdin.write("go\n")
             child.stdin.flush()
-        outs = [json.loads(child.communicate(timeout=seconds * 20 + 120)[0].strip().splitlines()[-1])
-                for child in children]  # fmt: skip
+        outs = [
+            json.loads(child.communicate(timeout=seconds * 20 + 120)[0].strip().splitlines()[-1]) for child in children
+        ]
     finally:
         for child in children:
             if child.poll() is None:
@@ -117,8 +137,10 @@ def shared_memory(embedder: str, chat: str, turns: int, tmp: Path) -> dict[str, 
         observe(alone["observe"], turns)
         ask(alone["ask"], turns)
         together: dict[str, list[float]] = {"observe": [], "ask": []}
-        threads = [threading.Thread(target=observe, args=(together["observe"], turns)),
-                   threading.Thread(target=ask, args=(together["ask"], turns))]  # fmt: skip
+        threads = [
+            threading.Thread(target=observe, args=(together["observe"], turns)),
+            threading.Thread(target=ask, args=(together["ask"], turns)),
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -161,15 +183,19 @@ def main() -> None:
         base = statistics.mean([rows[counts[0]][op]["p50"] for op in ("add", "search")])
         for n, row in rows.items():
             ratio = statistics.mean([row[op]["p50"] for op in ("add", "search")]) / base
-            print(f"| {name} | {n} | {row['add']['p50']:.1f} | {row['add']['p95']:.1f} | {row['search']['p50']:.1f} "
-                  f"| {row['search']['p95']:.1f} | {ratio:.2f}x |")  # fmt: skip
+            print(
+                f"| {name} | {n} | {row['add']['p50']:.1f} | {row['add']['p95']:.1f} | {row['search']['p50']:.1f} "
+                f"| {row['search']['p95']:.1f} | {ratio:.2f}x |"
+            )
     if "threads" in result:
         print("\nobserve and ask on one Memory (ms)")
         print("| mode | observe p50 | observe p95 | ask p50 | ask p95 |")
         print("|---|---:|---:|---:|---:|")
         for mode, row in result["threads"].items():
-            print(f"| {mode} | {row['observe']['p50']:.0f} | {row['observe']['p95']:.0f} | {row['ask']['p50']:.0f} "
-                  f"| {row['ask']['p95']:.0f} |")  # fmt: skip
+            print(
+                f"| {mode} | {row['observe']['p50']:.0f} | {row['observe']['p95']:.0f} | {row['ask']['p50']:.0f} "
+                f"| {row['ask']['p95']:.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -100,8 +100,9 @@ def case(name: str) -> dict[str, object]:
         return _overhead(llm)
     started = time.perf_counter()
     try:
-        llm.complete([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}], prompts.ANSWER_SCHEMA,
-                     parse=parse)  # fmt: skip
+        llm.complete(
+            [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}], prompts.ANSWER_SCHEMA, parse=parse
+        )
         outcome = "returned"
     except Exception as e:
         outcome = f"{type(e).__module__}.{type(e).__name__}: {str(e)[:120]}"
@@ -121,8 +122,11 @@ def _overhead(llm) -> dict[str, object]:
     for _ in range(100):
         llm.tokens(messages)
     later = (time.perf_counter() - first) / 100
-    return {"seconds": round(first - started, 2), "outcome": f"vetting {vetted - started:.3f}s, first tokens() "
-            f"{first - loaded:.3f}s, later tokens() {later * 1000:.2f} ms"}  # fmt: skip
+    return {
+        "seconds": round(first - started, 2),
+        "outcome": f"vetting {vetted - started:.3f}s, first tokens() "
+        f"{first - loaded:.3f}s, later tokens() {later * 1000:.2f} ms",
+    }
 
 
 def _rss_kib() -> int:
@@ -152,10 +156,18 @@ def main() -> None:
     for name in args.cases:
         started = time.perf_counter()
         try:
-            done = subprocess.run([sys.executable, "-m", "benchmarks.hostile_bounds", "--case", name], env=env,
-                                  capture_output=True, text=True, timeout=args.cap)  # fmt: skip
-            result = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {
-                "outcome": f"child died ({done.returncode}): {done.stderr.strip()[-200:]}"}  # fmt: skip
+            done = subprocess.run(
+                [sys.executable, "-m", "benchmarks.hostile_bounds", "--case", name],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=args.cap,
+            )
+            result = (
+                json.loads(done.stdout.strip().splitlines()[-1])
+                if done.returncode == 0
+                else {"outcome": f"child died ({done.returncode}): {done.stderr.strip()[-200:]}"}
+            )
         except subprocess.TimeoutExpired:
             result = {"outcome": f"still running after {args.cap:g}s: killed"}
         print(json.dumps({"case": name, "wall_s": round(time.perf_counter() - started, 1), **result}), flush=True)

@@ -93,8 +93,9 @@ class Settings:
 def chat_model(ref: str | None, *, slot: str, s: Settings, base_url: str | None) -> LLM:
     if base_url:
         return OpenAICompatible(base_url, ref or "default")
-    return LlamaCpp(ref or DEFAULT_CHAT_MODEL, slot=slot, n_gpu_layers=s.gpu_layers, n_threads=s.threads,
-                    max_ctx=s.max_ctx)  # fmt: skip
+    return LlamaCpp(
+        ref or DEFAULT_CHAT_MODEL, slot=slot, n_gpu_layers=s.gpu_layers, n_threads=s.threads, max_ctx=s.max_ctx
+    )
 
 
 def tiny_models(directory: Path) -> tuple[str, str]:
@@ -198,14 +199,22 @@ def ingest(conv: Conversation, mem: Memory, method: str, log_path: Path, progres
 
     done = stored_dia_ids(mem, method) | {r["dia_id"] for r in read_jsonl(log_path) if r.get("error")}
     todo = [t for t in conv.turns if t.dia_id not in done]
-    bar = tqdm(todo, desc=f"{conv.sample_id} {'observe' if method == 'memr1' else 'add'}", unit="turn",
-               disable=not progress)  # fmt: skip
+    bar = tqdm(
+        todo, desc=f"{conv.sample_id} {'observe' if method == 'memr1' else 'add'}", unit="turn", disable=not progress
+    )
     for t in bar:
         before, start, record = dict(mem.usage), time.perf_counter(), {"dia_id": t.dia_id, "session": t.session}
         try:
             if method == "memr1":
-                ops = mem.observe(Turn(text=t.text, speaker=t.speaker, at=t.at, session=f"session_{t.session}",
-                                       metadata={"dia_id": t.dia_id}))  # fmt: skip
+                ops = mem.observe(
+                    Turn(
+                        text=t.text,
+                        speaker=t.speaker,
+                        at=t.at,
+                        session=f"session_{t.session}",
+                        metadata={"dia_id": t.dia_id},
+                    )
+                )
                 record["ops"] = [op.kind for op in ops]
                 record["memories"] = mem.store.counts()["memories"]
             else:
@@ -217,7 +226,7 @@ def ingest(conv: Conversation, mem: Memory, method: str, log_path: Path, progres
             {
                 key: mem.usage[key] - before[key]
                 for key in ("llm_calls", "prompt_tokens", "completion_tokens", "dropped_ops")
-            }  # fmt: skip
+            }
         )
         append_jsonl(log_path, record)
     return read_jsonl(log_path)
@@ -254,25 +263,46 @@ def answer_full_context(llm: LLM, question: str, conv: Conversation) -> dict[str
             items = items[len(items) - keep :]
             continue
         text, _ = done.value
-        return {"prediction": text, "selected": [], "retrieved": len(items), "prompt_tokens": done.prompt_tokens,
-                "completion_tokens": done.completion_tokens, "llm_calls": done.attempts,
-                "seconds": time.perf_counter() - start}  # fmt: skip
+        return {
+            "prediction": text,
+            "selected": [],
+            "retrieved": len(items),
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "llm_calls": done.attempts,
+            "seconds": time.perf_counter() - start,
+        }
 
 
 def answer_from_bank(mem: Memory, question: str, conv: Conversation, method: str, s: Settings) -> dict[str, Any]:
     ours = method.startswith("memr1")  # rag's bank holds the raw turns as memories
-    ans = mem.ask(question, k=(s.memr1_k or s.k) if ours else s.k, now=conv.asked_on, distill=method == "memr1",
-                  sources=s.sources if ours else "memories")  # fmt: skip
+    ans = mem.ask(
+        question,
+        k=(s.memr1_k or s.k) if ours else s.k,
+        now=conv.asked_on,
+        distill=method == "memr1",
+        sources=s.sources if ours else "memories",
+    )
     selected = [m.text for m in ans.selected] + [f"{t.speaker}: {t.text}" for t in ans.selected_turns]
-    return {"prediction": ans.text, "selected": selected if method == "memr1" else [],
-            "retrieved": ans.retrieved, "prompt_tokens": ans.prompt_tokens,
-            "completion_tokens": ans.completion_tokens, "llm_calls": ans.llm_calls, "seconds": ans.seconds}  # fmt: skip
+    return {
+        "prediction": ans.text,
+        "selected": selected if method == "memr1" else [],
+        "retrieved": ans.retrieved,
+        "prompt_tokens": ans.prompt_tokens,
+        "completion_tokens": ans.completion_tokens,
+        "llm_calls": ans.llm_calls,
+        "seconds": ans.seconds,
+    }
 
 
 def judge_answer(judge: LLM, qa: locomo_data.QA, prediction: str) -> bool | None:
     try:
-        done = judge.complete(prompts.judge_messages(qa.question, qa.answer, prediction), prompts.JUDGE_SCHEMA,
-                              parse=prompts.parse_judge, max_tokens=200)  # fmt: skip
+        done = judge.complete(
+            prompts.judge_messages(qa.question, qa.answer, prediction),
+            prompts.JUDGE_SCHEMA,
+            parse=prompts.parse_judge,
+            max_tokens=200,
+        )
     except MemR1Error as e:
         log.warning("judge gave no usable label for %r: %s", qa.question, e)
         return None
@@ -287,16 +317,23 @@ def score(qa: locomo_data.QA, prediction: str) -> dict[str, float]:
     }
 
 
-def ask_all(conv: Conversation, method: str, s: Settings, mem: Memory | None, llm: LLM | None,
-            judge: LLM | None, log_path: Path) -> None:  # fmt: skip
+def ask_all(
+    conv: Conversation, method: str, s: Settings, mem: Memory | None, llm: LLM | None, judge: LLM | None, log_path: Path
+) -> None:
     from tqdm.auto import tqdm
 
     done = {r["key"] for r in read_jsonl(log_path)}
     todo = [(key, qa) for key, qa in conv.questions if key not in done]
     for key, qa in tqdm(todo, desc=f"{conv.sample_id} {method} ask", unit="q", disable=not s.progress):
-        record: dict[str, Any] = {"key": key, "conversation": conv.sample_id, "category": qa.category,
-                                  "category_name": scoring.CATEGORIES[qa.category], "question": qa.question,
-                                  "gold": qa.answer, "evidence": list(qa.evidence)}  # fmt: skip
+        record: dict[str, Any] = {
+            "key": key,
+            "conversation": conv.sample_id,
+            "category": qa.category,
+            "category_name": scoring.CATEGORIES[qa.category],
+            "question": qa.question,
+            "gold": qa.answer,
+            "evidence": list(qa.evidence),
+        }
         try:
             if method == "full-context":
                 assert llm is not None
@@ -305,8 +342,16 @@ def ask_all(conv: Conversation, method: str, s: Settings, mem: Memory | None, ll
                 assert mem is not None
                 record |= answer_from_bank(mem, qa.question, conv, method, s)
         except MemR1Error as e:  # counted as a wrong answer, and reported
-            record |= {"prediction": "", "selected": [], "retrieved": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                       "llm_calls": 0, "seconds": 0.0, "error": f"{type(e).__name__}: {e}"}  # fmt: skip
+            record |= {
+                "prediction": "",
+                "selected": [],
+                "retrieved": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "llm_calls": 0,
+                "seconds": 0.0,
+                "error": f"{type(e).__name__}: {e}",
+            }
         record |= score(qa, record["prediction"])
         record["j"] = judge_answer(judge, qa, record["prediction"]) if judge else None
         append_jsonl(log_path, record)
@@ -332,9 +377,12 @@ def run(s: Settings) -> dict[str, Any]:
                 answerer = answerer or chat_model(s.answerer, slot="answerer", s=s, base_url=s.base_url)
                 ask_all(conv, method, s, None, answerer, judge, pred_dir / "predictions.jsonl")
                 continue
-            with Memory(bank_dir / f"{conv.sample_id}.db", embedder=s.embedder,
-                        manager=chat_model(s.manager, slot="manager", s=s, base_url=s.base_url),
-                        answerer=chat_model(s.answerer, slot="answerer", s=s, base_url=s.base_url)) as mem:  # fmt: skip
+            with Memory(
+                bank_dir / f"{conv.sample_id}.db",
+                embedder=s.embedder,
+                manager=chat_model(s.manager, slot="manager", s=s, base_url=s.base_url),
+                answerer=chat_model(s.answerer, slot="answerer", s=s, base_url=s.base_url),
+            ) as mem:
                 ingest(conv, mem, BANK_OF[method], bank_dir / f"{conv.sample_id}.turns.jsonl", s.progress)
                 ask_all(conv, method, s, mem, None, judge, pred_dir / "predictions.jsonl")
     results = collect(s, convs)
@@ -354,9 +402,12 @@ def collect(s: Settings, convs: list[Conversation]) -> dict[str, Any]:
             for c in convs:
                 path = s.out / "banks" / BANK_OF[method] / f"{c.sample_id}.turns.jsonl"
                 turns += [r for r in read_jsonl(path) if (c.sample_id, r["dia_id"]) in dia]
-        methods[method] = {"summary": summarise(questions, judged=bool(s.judge or s.judge_base_url)),
-                           "costs": costs(turns, questions), "questions": questions,
-                           "turn_seconds": [r["seconds"] for r in turns]}  # fmt: skip
+        methods[method] = {
+            "summary": summarise(questions, judged=bool(s.judge or s.judge_base_url)),
+            "costs": costs(turns, questions),
+            "questions": questions,
+            "turn_seconds": [r["seconds"] for r in turns],
+        }
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
     return {"config": config, "conversations": [c.sample_id for c in convs], "methods": methods}
 
@@ -392,8 +443,9 @@ def summarise(questions: list[dict[str, Any]], *, judged: bool) -> dict[str, dic
 def costs(turns: list[dict[str, Any]], questions: list[dict[str, Any]]) -> dict[str, Any]:
     per: dict[str, Any] = {}
     kinds = Counter(op for r in turns for op in r.get("ops", []))
-    per["ops_per_turn"] = {kind: kinds[kind] / len(turns) if turns else float("nan")
-                           for kind in ("ADD", "UPDATE", "DELETE", "NOOP")}  # fmt: skip
+    per["ops_per_turn"] = {
+        kind: kinds[kind] / len(turns) if turns else float("nan") for kind in ("ADD", "UPDATE", "DELETE", "NOOP")
+    }
     per["ops_per_turn"]["dropped"] = _mean(r.get("dropped_ops", 0) for r in turns)
     stored = [r["memories"] for r in turns if "memories" in r]
     per["memories_per_turn"] = stored[-1] / len(turns) if stored and turns else float("nan")
@@ -427,9 +479,13 @@ def markdown(results: dict[str, Any]) -> str:
     metrics = ["f1", "b1", "j"] if judged else ["f1", "b1"]
     lines = [f"# LoCoMo: {', '.join(results['conversations'])}", ""]
     c = results["config"]
-    lines += [f"manager `{c['manager']}`, answerer `{c['answerer']}`, embedder `{c['embedder']}`"
-              + (f", server `{c['base_url']}`" if c["base_url"] else "") + f", k={c['k']}"
-              + (f", judge `{c['judge']}`" if judged else ", no judge (J not reported)"), ""]  # fmt: skip
+    lines += [
+        f"manager `{c['manager']}`, answerer `{c['answerer']}`, embedder `{c['embedder']}`"
+        + (f", server `{c['base_url']}`" if c["base_url"] else "")
+        + f", k={c['k']}"
+        + (f", judge `{c['judge']}`" if judged else ", no judge (J not reported)"),
+        "",
+    ]
     lines += ["## Table 1 shape (F1 / B1" + (" / J" if judged else "") + ", percent)", ""]
     head = ["Method"] + [f"{cat} {m.upper()}" for cat in cats for m in metrics]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -442,18 +498,24 @@ def markdown(results: dict[str, Any]) -> str:
         for cat in cats:
             if cat in m["summary"]:
                 v = m["summary"][cat]
-                lines.append(f"| {name} | {cat} | {v['count']} | {_fmt(v['f1'])} | {_fmt(v['b1'])} | {_fmt(v['j'])} "
-                             f"| {_fmt(v['em'])} | {v['errors']} |")  # fmt: skip
+                lines.append(
+                    f"| {name} | {cat} | {v['count']} | {_fmt(v['f1'])} | {_fmt(v['b1'])} | {_fmt(v['j'])} "
+                    f"| {_fmt(v['em'])} | {v['errors']} |"
+                )
     lines += ["", "## Cost per observed turn and per question", ""]
-    lines += ["| Method | Per | Count | p50 s | p95 s | LLM calls | Prompt tokens | Completion tokens | Errors |",
-              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "| Method | Per | Count | p50 s | p95 s | LLM calls | Prompt tokens | Completion tokens | Errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, m in methods.items():
         for per in ("turn", "question"):
             v = m["costs"][per]
             if v["count"]:
-                lines.append(f"| {name} | {per} | {v['count']} | {_fmt(v['p50_s'], 3)} | {_fmt(v['p95_s'], 3)} "
-                             f"| {_fmt(v['llm_calls'])} | {_fmt(v['prompt_tokens'], 0)} "
-                             f"| {_fmt(v['completion_tokens'], 0)} | {v['errors']} |")  # fmt: skip
+                lines.append(
+                    f"| {name} | {per} | {v['count']} | {_fmt(v['p50_s'], 3)} | {_fmt(v['p95_s'], 3)} "
+                    f"| {_fmt(v['llm_calls'])} | {_fmt(v['prompt_tokens'], 0)} "
+                    f"| {_fmt(v['completion_tokens'], 0)} | {v['errors']} |"
+                )
     ours = {name: m["costs"] for name, m in methods.items() if m["costs"]["turn"]["count"] and name != "rag"}
     if ours:
         lines += ["", "## Memory Manager: operations per observed turn", ""]
@@ -463,8 +525,10 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for name, c in ours.items():
             o = c["ops_per_turn"]
-            lines.append(f"| {name} | {_fmt(o['ADD'])} | {_fmt(o['UPDATE'])} | {_fmt(o['DELETE'])} | {_fmt(o['NOOP'])} "
-                         f"| {_fmt(o['dropped'])} | {_fmt(c['memories_per_turn'])} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {_fmt(o['ADD'])} | {_fmt(o['UPDATE'])} | {_fmt(o['DELETE'])} | {_fmt(o['NOOP'])} "
+                f"| {_fmt(o['dropped'])} | {_fmt(c['memories_per_turn'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -517,10 +581,17 @@ def write_reports(s: Settings, results: dict[str, Any]) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.locomo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--data", type=Path, default=locomo_data.DEFAULT_DATA,
-                   help="locomo10.json (fetched from the public LoCoMo repository when missing)")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.locomo",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=locomo_data.DEFAULT_DATA,
+        help="locomo10.json (fetched from the public LoCoMo repository when missing)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/locomo"), help="reports, banks and resumable logs")
     p.add_argument("--method", default="memr1", help=f"comma-separated of {', '.join(METHODS)}, or all")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
@@ -560,12 +631,29 @@ def settings(argv: list[str] | None = None) -> Settings:
     if a.tiny:
         chat, emb = tiny_models(a.out / "models")
         manager, answerer, embedder = manager or chat, answerer or chat, embedder or emb
-    return Settings(data=a.data, out=a.out, methods=methods, split=a.split,
-                    conversations=[c.strip() for c in a.conversations.split(",") if c.strip()], limit=a.limit,
-                    max_sessions=a.max_sessions, adversarial=a.adversarial, manager=manager, answerer=answerer,
-                    embedder=embedder, base_url=a.base_url, judge=a.judge, judge_base_url=a.judge_base_url, k=a.k,
-                    memr1_k=a.memr1_k, sources=a.sources,
-                    gpu_layers=a.gpu_layers, threads=a.threads, max_ctx=a.max_ctx, progress=not a.quiet)  # fmt: skip
+    return Settings(
+        data=a.data,
+        out=a.out,
+        methods=methods,
+        split=a.split,
+        conversations=[c.strip() for c in a.conversations.split(",") if c.strip()],
+        limit=a.limit,
+        max_sessions=a.max_sessions,
+        adversarial=a.adversarial,
+        manager=manager,
+        answerer=answerer,
+        embedder=embedder,
+        base_url=a.base_url,
+        judge=a.judge,
+        judge_base_url=a.judge_base_url,
+        k=a.k,
+        memr1_k=a.memr1_k,
+        sources=a.sources,
+        gpu_layers=a.gpu_layers,
+        threads=a.threads,
+        max_ctx=a.max_ctx,
+        progress=not a.quiet,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,8 +45,14 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def ensure_data(path: str | Path | None = None, *, url: str = LOCOMO_URL, sha256: str | None = LOCOMO_SHA256,
-                cache: str | Path | None = None, timeout: float = 60.0) -> Path:  # fmt: skip
+def ensure_data(
+    path: str | Path | None = None,
+    *,
+    url: str = LOCOMO_URL,
+    sha256: str | None = LOCOMO_SHA256,
+    cache: str | Path | None = None,
+    timeout: float = 60.0,
+) -> Path:
     """A local locomo10.json: `path` (default ../shared/data/locomo10.json) when it exists, else a cached download.
 
     The download goes to `cache` (default cache_dir()/locomo/) under a temporary name and is checked

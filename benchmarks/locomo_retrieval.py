@@ -127,8 +127,10 @@ class CachedEmbedder(LlamaEmbedder):
         super().__init__(model)
         cache.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(cache / "embeddings.sqlite", check_same_thread=False)
-        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, text_sha1 TEXT, vector BLOB, "
-                        "PRIMARY KEY (model, text_sha1))")  # fmt: skip
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS vectors (model TEXT, text_sha1 TEXT, vector BLOB, "
+            "PRIMARY KEY (model, text_sha1))"
+        )
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
         self.model = f"{self.identity}:{self.dim}:{digest}"
         self.computed = 0
@@ -156,8 +158,10 @@ class CachedEmbedder(LlamaEmbedder):
             chunk = todo[start : start + 64]
             vectors = super().embed(chunk)
             with self.db:
-                self.db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                                    [(self.model, _sha1(t), v.astype(np.float32).tobytes()) for t, v in zip(chunk, vectors)])  # fmt: skip
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                    [(self.model, _sha1(t), v.astype(np.float32).tobytes()) for t, v in zip(chunk, vectors)],
+                )
             self.computed += len(chunk)
             bar.update(len(chunk))
         bar.close()
@@ -234,8 +238,16 @@ class Conversation:
     reachable: float = 0.0  # share of evidence ids that some stored memory cites
 
 
-def conversations(data: list[dict[str, Any]], *, split: str, ids: Sequence[str] | None, source: str, style: str,
-                  sessions: int | None, max_questions: int | None) -> list[Conversation]:  # fmt: skip
+def conversations(
+    data: list[dict[str, Any]],
+    *,
+    split: str,
+    ids: Sequence[str] | None,
+    source: str,
+    style: str,
+    sessions: int | None,
+    max_questions: int | None,
+) -> list[Conversation]:
     out = []
     for sample in data:
         sid = sample["sample_id"]
@@ -290,17 +302,33 @@ def run_mode(mem: Memory, conv: Conversation, mode: str, k: int) -> list[tuple[l
             hits = mem.search(q.text, k, user=conv.sample_id, mode=mode)  # type: ignore[arg-type]
         else:  # the same retrieval code on the same bank, with other settings
             vector = mem.embedder.embed([q.text], query=True)[0]  # type: ignore[call-arg]
-            hits = retrieval_search(mem.store, mem._bind(), vector, q.text, k=k, user=conv.sample_id, since=None,
-                                    until=None, filters=None, mode="hybrid", tuning=tuning)  # fmt: skip
+            hits = retrieval_search(
+                mem.store,
+                mem._bind(),
+                vector,
+                q.text,
+                k=k,
+                user=conv.sample_id,
+                since=None,
+                until=None,
+                filters=None,
+                mode="hybrid",
+                tuning=tuning,
+            )
         out.append(([_dia_ids(h.memory.metadata) for h in hits], time.perf_counter() - start))
     return out
 
 
 def summarize(rows: list[tuple[Question, list[list[str]]]], ks: Sequence[int]) -> dict[str, Any]:
     def block(subset: list[tuple[Question, list[list[str]]]]) -> dict[str, Any]:
-        return {"questions": len(subset),
-                "recall": {str(k): round(statistics.fmean(recall(q.evidence, hits, k) for q, hits in subset), 4)
-                           for k in ks} if subset else {}}  # fmt: skip
+        return {
+            "questions": len(subset),
+            "recall": {
+                str(k): round(statistics.fmean(recall(q.evidence, hits, k) for q, hits in subset), 4) for k in ks
+            }
+            if subset
+            else {},
+        }
 
     out = block(rows)
     out["by_category"] = {
@@ -309,8 +337,15 @@ def summarize(rows: list[tuple[Question, list[list[str]]]], ks: Sequence[int]) -
     return out
 
 
-def evaluate(convs: list[Conversation], embedder: Embedder, *, modes: Sequence[str], ks: Sequence[int],
-             workdir: Path, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    convs: list[Conversation],
+    embedder: Embedder,
+    *,
+    modes: Sequence[str],
+    ks: Sequence[int],
+    workdir: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     kmax = max(ks)
@@ -368,8 +403,10 @@ def markdown(report: dict[str, Any]) -> str:
         cats = list(first["by_category"])
         kmax = str(max(ks))
         lines += ["", f"R@{kmax} by category:", ""]
-        lines += ["| mode | " + " | ".join(f"{c} ({first['by_category'][c]['questions']})" for c in cats) + " |",
-                  "|---|" + "---:|" * len(cats)]  # fmt: skip
+        lines += [
+            "| mode | " + " | ".join(f"{c} ({first['by_category'][c]['questions']})" for c in cats) + " |",
+            "|---|" + "---:|" * len(cats),
+        ]
         for mode, block in modes.items():
             lines.append(
                 f"| {mode} | " + " | ".join(f"{block['by_category'][c]['recall'][kmax]:.3f}" for c in cats) + " |"
@@ -382,8 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="locomo10.json (default ../shared/data/locomo10.json, else fetched)")
     ap.add_argument("--embedder", default=str(DEFAULT_EMBEDDER), help="embedding GGUF (default MiniLM in ../shared)")
-    ap.add_argument("--split", default="all", choices=("all", "train", "val", "test", "tune"),
-                    help="tune = train + val")  # fmt: skip
+    ap.add_argument(
+        "--split", default="all", choices=("all", "train", "val", "test", "tune"), help="tune = train + val"
+    )
     ap.add_argument("--conversations", default=None, help="comma-separated sample ids, e.g. conv-26,conv-30")
     ap.add_argument("--source", default="turns", choices=("turns", "observations"))
     ap.add_argument("--text", default="speaker", choices=TEXT_STYLES, help="how a raw turn is stored")
@@ -408,8 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     data_path = locomo_data.ensure_data(args.data)
     data = locomo_data.load(data_path)
     ids = args.conversations.split(",") if args.conversations else None
-    convs = conversations(data, split=args.split, ids=ids, source=args.source, style=args.text,
-                          sessions=args.sessions, max_questions=args.max_questions)  # fmt: skip
+    convs = conversations(
+        data,
+        split=args.split,
+        ids=ids,
+        source=args.source,
+        style=args.text,
+        sessions=args.sessions,
+        max_questions=args.max_questions,
+    )
     convs = [c for c in convs if c.questions and c.entries]
     if not convs:
         ap.error("no conversation with questions matches --split/--conversations/--sessions")
@@ -442,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             "sessions": args.sessions,
             "max_questions": args.max_questions,
             "default_tuning": vars(DEFAULT_TUNING) | {"context": list(DEFAULT_TUNING.context)},
-        },  # fmt: skip
+        },
         "evidence": vars(evidence)
         | {
             "questions": sum(len(c.questions) for c in convs),
@@ -453,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             "embed": round(embed_s, 1),
             "embedded_texts": embedder.computed,
             "total": round(time.perf_counter() - start, 1),
-        },  # fmt: skip
+        },
     }
     text = markdown(report)
     if args.out:

@@ -50,7 +50,7 @@ CASES = [
         "new fact",
         ["Painting has become my favourite hobby, I paint landscapes every weekend."],
         has=[["paint"]],
-    ),  # fmt: skip
+    ),
     Case("sister", "new fact", ["My sister Emma is visiting from London this summer."], has=[["Emma"]]),
     Case("peanuts", "new fact", ["Be careful with snacks, I'm allergic to peanuts."], has=[["peanut"]]),
     Case("book", "new fact", ["My favourite book is Dune, I've read it five times."], has=[["Dune"]]),
@@ -59,7 +59,7 @@ CASES = [
         "new fact",
         ["I play the violin, and my daughter Lily just turned six."],
         has=[["violin"], ["Lily"]],
-    ),  # fmt: skip
+    ),
     # small talk: nothing stored
     Case("greeting", "small talk", ["Hey Caroline, how are you doing?"], count=0),
     Case("thanks", "small talk", ["Thanks so much, talk to you soon!"], count=0),
@@ -74,7 +74,7 @@ CASES = [
         ["I went to an LGBTQ support group yesterday, it was so powerful."],
         speaker="Caroline",
         has=[["support", "7 May 2023"]],
-    ),  # fmt: skip
+    ),
     Case(
         "tomorrow", "relative date", ["I'm flying to Tokyo tomorrow for a conference."], has=[["Tokyo", "9 May 2023"]]
     ),
@@ -89,7 +89,7 @@ CASES = [
         seed=["Andrew has a dog named Buddy."],
         count=1,
         has=[["Buddy"]],
-    ),  # fmt: skip
+    ),
     Case("known job", "known fact", ["Yeah, I still work as a nurse."], seed=["Andrew works as a nurse."], count=1),
     Case("known city", "known fact", ["Like I said, I live in Seattle."], seed=["Andrew lives in Seattle."], count=1),
     # consolidation by UPDATE, keeping what is still true
@@ -99,7 +99,7 @@ CASES = [
         ["I adopted a dog named Buddy.", "I adopted another dog, Scout!"],
         has=[["Buddy", "Scout"]],
         last_ops={"UPDATE"},
-    ),  # fmt: skip
+    ),
     Case(
         "scout seeded",
         "consolidation",
@@ -107,7 +107,7 @@ CASES = [
         seed=["Andrew adopted a dog named Buddy."],
         has=[["Buddy", "Scout"]],
         last_ops={"UPDATE"},
-    ),  # fmt: skip
+    ),
     Case(
         "second language",
         "consolidation",
@@ -115,7 +115,7 @@ CASES = [
         seed=["Andrew speaks Spanish."],
         has=[["Spanish", "Italian"]],
         last_ops={"UPDATE"},
-    ),  # fmt: skip
+    ),
     Case(
         "more kids",
         "consolidation",
@@ -123,7 +123,7 @@ CASES = [
         seed=["Andrew has a son named Leo."],
         has=[["Noah"]],
         last_ops={"UPDATE", "ADD"},
-    ),  # fmt: skip
+    ),
     # contradiction: updated or deleted
     Case(
         "meat",
@@ -132,7 +132,7 @@ CASES = [
         seed=["Andrew is vegetarian."],
         has=[["meat"]],
         last_ops={"UPDATE", "DELETE"},
-    ),  # fmt: skip
+    ),
     Case(
         "denver",
         "contradiction",
@@ -140,7 +140,7 @@ CASES = [
         seed=["Andrew lives in Boston."],
         has=[["Denver"]],
         last_ops={"UPDATE", "DELETE"},
-    ),  # fmt: skip
+    ),
     Case(
         "quit job",
         "contradiction",
@@ -148,7 +148,7 @@ CASES = [
         seed=["Andrew works at a bank."],
         has=[["teacher"]],
         last_ops={"UPDATE", "DELETE"},
-    ),  # fmt: skip
+    ),
     Case(
         "single",
         "contradiction",
@@ -156,7 +156,7 @@ CASES = [
         seed=["Andrew is dating Sarah."],
         has=[["single"]],
         last_ops={"UPDATE", "DELETE"},
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -191,8 +191,16 @@ def run_case(case: Case, embedder: str, model: str, tmp: Path) -> dict[str, Any]
     if case.last_ops is not None and not case.last_ops & set(last):
         failed.append(f"last turn's ops {last}, expected one of {sorted(case.last_ops)}")
     failed += errors
-    return {"case": case.name, "kind": case.kind, "passed": not failed, "why": failed, "ops": ops,
-            "dropped": dropped, "memories": memories, "seconds": time.perf_counter() - start}  # fmt: skip
+    return {
+        "case": case.name,
+        "kind": case.kind,
+        "passed": not failed,
+        "why": failed,
+        "ops": ops,
+        "dropped": dropped,
+        "memories": memories,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 class _DropReasons(logging.Handler):
@@ -204,8 +212,12 @@ class _DropReasons(logging.Handler):
         message = record.getMessage()
         if "op dropped" in message:
             reason = message.split("dropped: ", 1)[-1]
-            kinds = {"shares no word": "not grounded in the turn", "names nobody": "names nobody",
-                     "was not shown": "id not shown", "empty fact": "empty fact"}  # fmt: skip
+            kinds = {
+                "shares no word": "not grounded in the turn",
+                "names nobody": "names nobody",
+                "was not shown": "id not shown",
+                "empty fact": "empty fact",
+            }
             self.reasons[next((kind for key, kind in kinds.items() if key in reason), reason)] += 1
 
 
@@ -228,10 +240,16 @@ def run(models: list[str], embedder: str, only: str | None = None) -> dict[str, 
             by_kind[r["kind"]][1] += 1
         turns = sum(len(c.turns) for c in cases)
         out[Path(model).name] = {
-            "passed": sum(r["passed"] for r in rows), "cases": len(rows), "by_kind": by_kind,
-            "ops": dict(kinds), "dropped": sum(r["dropped"] for r in rows), "drop_reasons": dict(reasons.reasons),
-            "turns": turns, "seconds_per_turn": sum(r["seconds"] for r in rows) / turns, "rows": rows,
-        }  # fmt: skip
+            "passed": sum(r["passed"] for r in rows),
+            "cases": len(rows),
+            "by_kind": by_kind,
+            "ops": dict(kinds),
+            "dropped": sum(r["dropped"] for r in rows),
+            "drop_reasons": dict(reasons.reasons),
+            "turns": turns,
+            "seconds_per_turn": sum(r["seconds"] for r in rows) / turns,
+            "rows": rows,
+        }
     return out
 
 
@@ -254,8 +272,13 @@ def main() -> None:
     for name, r in out.items():
         cells = [f"{r['by_kind'][k][0]}/{r['by_kind'][k][1]}" if k in r["by_kind"] else "-" for k in kinds]
         ops = [str(r["ops"].get(k, 0)) for k in ("ADD", "UPDATE", "DELETE", "NOOP")]
-        print(f"| {name} | {r['passed']}/{r['cases']} | " + " | ".join(cells) + " | " + " | ".join(ops)
-              + f" | {r['dropped']} | {r['seconds_per_turn']:.1f} |")  # fmt: skip
+        print(
+            f"| {name} | {r['passed']}/{r['cases']} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(ops)
+            + f" | {r['dropped']} | {r['seconds_per_turn']:.1f} |"
+        )
     for name, r in out.items():
         print(f"\n{name}: drops by reason {r['drop_reasons'] or 'none'}")
         if args.verbose:

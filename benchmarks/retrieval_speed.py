@@ -85,8 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             users = [
                 "solo" if args.users <= 1 else f"u{i % args.users}" for i in range(start, min(args.n, start + 5000))
             ]
-            mem.store.apply([Change("ADD", user, text=texts[i], vector=data[i].tobytes(), at_ts=0.0)
-                             for user, i in zip(users, range(start, start + len(users)))], actor="bench")  # fmt: skip
+            mem.store.apply(
+                [
+                    Change("ADD", user, text=texts[i], vector=data[i].tobytes(), at_ts=0.0)
+                    for user, i in zip(users, range(start, start + len(users)))
+                ],
+                actor="bench",
+            )
         load_s = time.perf_counter() - t0
         # one user holding everything: the worst case for a scoped search
         mem.store.conn.execute("UPDATE memories SET user_id = 'solo'")
@@ -111,13 +116,27 @@ def main(argv: list[str] | None = None) -> int:
 
         conn = mem.store.conn
         for k in (10, 60):
-            run(f"plain vec0 float KNN, k={k}", lambda i, q, k=k: [r[0] for r in conn.execute(
-                "SELECT memory_id FROM vec_memories WHERE embedding MATCH ? AND k = ?", (q.tobytes(), k))], True)  # fmt: skip
-            run(f"memr1 vector (bits + re-score), k={k}", lambda i, q, k=k: [m for m, _ in index.nearest(q, k, user="solo")], True)  # fmt: skip
+            run(
+                f"plain vec0 float KNN, k={k}",
+                lambda i, q, k=k: [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT memory_id FROM vec_memories WHERE embedding MATCH ? AND k = ?", (q.tobytes(), k)
+                    )
+                ],
+                True,
+            )
+            run(
+                f"memr1 vector (bits + re-score), k={k}",
+                lambda i, q, k=k: [m for m, _ in index.nearest(q, k, user="solo")],
+                True,
+            )
         mem._index = index
         for k in (10, 60):
-            run(f"memr1 hybrid search() incl. FTS5, k={k}",
-                lambda i, q, k=k: [h.memory.id for h in mem.search(qtexts[i], k, user="solo")])  # fmt: skip
+            run(
+                f"memr1 hybrid search() incl. FTS5, k={k}",
+                lambda i, q, k=k: [h.memory.id for h in mem.search(qtexts[i], k, user="solo")],
+            )
 
         # Search right after a write: the index must follow one ADD, UPDATE or DELETE (in turn, on memories
         # written here, so the bank and the recall truth stay as loaded) without re-copying its arrays.
@@ -152,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((f"{name}, {label}", *percentiles(times[after]), float("nan")))
 
         paired("memr1 hybrid search() incl. FTS5, k=10", lambda i, q: mem.search(qtexts[i], 10, user="solo"))
-        paired("memr1 vector (sync + bits + re-score), k=10",
-               lambda i, q: (index.sync(mem.store), index.nearest(q, 10, user="solo")))  # fmt: skip
+        paired(
+            "memr1 vector (sync + bits + re-score), k=10",
+            lambda i, q: (index.sync(mem.store), index.nearest(q, 10, user="solo")),
+        )
 
         # many users: a scoped search only touches its user's rows
         if args.users > 1:
@@ -164,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             )  # the user column moved outside the API: force the index to notice
             scoped = VectorIndex(args.dim)
             scoped.sync(mem.store)
-            run(f"memr1 vector, k=10, scoped to 1 of {args.users} users",
-                lambda i, q: [m for m, _ in scoped.nearest(q, 10, user=owners[picks[i]])])  # fmt: skip
+            run(
+                f"memr1 vector, k=10, scoped to 1 of {args.users} users",
+                lambda i, q: [m for m, _ in scoped.nearest(q, 10, user=owners[picks[i]])],
+            )
         info = mem.sqlite_info()
         mem.close()
 

@@ -72,8 +72,11 @@ def worker(args: argparse.Namespace) -> None:
                 start = time.perf_counter()
                 try:
                     if kind == "observe":
-                        ops = mem.observe(f"{tag} says something about {rng.choice(['tea', 'dogs', 'hiking'])}",
-                                          speaker=user, user=user)  # fmt: skip
+                        ops = mem.observe(
+                            f"{tag} says something about {rng.choice(['tea', 'dogs', 'hiking'])}",
+                            speaker=user,
+                            user=user,
+                        )
                         record["result"] = [
                             o.model_dump(include={"kind", "memory_id", "text", "previous"}) for o in ops
                         ]
@@ -142,8 +145,10 @@ def check(db: Path, records: list[dict[str, Any]], embedder: str) -> dict[str, A
                         failures.append(f"{r['tag']}: observe returned {op} but the history lacks it")
                     elif op["kind"] != "ADD" and replaced[(op["memory_id"], op["kind"], after)] != op["previous"]:
                         # the model decided on one text, and the write replaced another: a lost update
-                        failures.append(f"{r['tag']}: {op['kind']} of #{op['memory_id']} was decided on "
-                                        f"{op['previous']!r} but replaced {replaced[(op['memory_id'], op['kind'], after)]!r}")  # fmt: skip
+                        failures.append(
+                            f"{r['tag']}: {op['kind']} of #{op['memory_id']} was decided on "
+                            f"{op['previous']!r} but replaced {replaced[(op['memory_id'], op['kind'], after)]!r}"
+                        )
             elif r["op"] in ("add", "update"):
                 if (res["id"], r["op"].upper(), res["text"], "api") not in history:
                     failures.append(f"{r['tag']}: {r['op']} of #{res['id']} succeeded but the history lacks it")
@@ -158,8 +163,15 @@ def check(db: Path, records: list[dict[str, Any]], embedder: str) -> dict[str, A
     return {"failures": failures, "stats": stats}
 
 
-def run(procs: int, ops: int, threads: int, busy_timeout: float, embedder: str | None = None,
-        workdir: Path | None = None, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def run(
+    procs: int,
+    ops: int,
+    threads: int,
+    busy_timeout: float,
+    embedder: str | None = None,
+    workdir: Path | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Run the whole soak; returns the figures and the failures found."""
     from memr1 import LlamaEmbedder, Memory
     from memr1.tiny_models import write_embedding_model
@@ -174,8 +186,20 @@ def run(procs: int, ops: int, threads: int, busy_timeout: float, embedder: str |
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     logs = [tmp / f"p{i}.jsonl" for i in range(procs)]
-    options = ["--db", str(db), "--embedder", embedder, "--ops", str(ops), "--threads", str(threads),
-               "--busy-timeout", str(busy_timeout), "--seed", str(seed)]  # fmt: skip
+    options = [
+        "--db",
+        str(db),
+        "--embedder",
+        embedder,
+        "--ops",
+        str(ops),
+        "--threads",
+        str(threads),
+        "--busy-timeout",
+        str(busy_timeout),
+        "--seed",
+        str(seed),
+    ]
     pipe = subprocess.PIPE
     command = [sys.executable, "-m", "benchmarks.soak_concurrency", "--worker", *options]
     children = [
@@ -187,7 +211,7 @@ def run(procs: int, ops: int, threads: int, busy_timeout: float, embedder: str |
             stdout=pipe,
             stderr=pipe,
             text=True,
-        )  # fmt: skip
+        )
         for i, log in enumerate(logs)
     ]
     exits = []
@@ -216,16 +240,25 @@ def run(procs: int, ops: int, threads: int, busy_timeout: float, embedder: str |
         kind: [r["seconds"] * 1000 for r in ok if r["op"] == kind] for kind in ("observe", "add", "update", "delete")
     }
     return {
-        "procs": procs, "threads": threads, "ops_per_proc": ops, "busy_timeout_s": busy_timeout,
-        "attempted": len(records), "succeeded": len(ok), "wall_s": wall, "ops_per_s": len(ok) / wall,
+        "procs": procs,
+        "threads": threads,
+        "ops_per_proc": ops,
+        "busy_timeout_s": busy_timeout,
+        "attempted": len(records),
+        "succeeded": len(ok),
+        "wall_s": wall,
+        "ops_per_s": len(ok) / wall,
         "errors": dict(Counter(r["error"] for r in records if not r.get("ok"))),
-        "latency_ms": {k: {"n": len(v), "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95))}
-                       for k, v in latency.items() if v},
+        "latency_ms": {
+            k: {"n": len(v), "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95))}
+            for k, v in latency.items()
+            if v
+        },
         "all_p95_ms": float(np.percentile([r["seconds"] * 1000 for r in ok], 95)) if ok else float("nan"),
         "bank": {k: result["stats"][k] for k in ("memories", "history", "turns")},
         "overlap": _overlap(records),
         "failures": result["failures"],
-    }  # fmt: skip
+    }
 
 
 def _overlap(records: list[dict[str, Any]]) -> int:
@@ -258,8 +291,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"{out['procs']} processes x {out['threads']} threads, {out['ops_per_proc']} operations each: "
-              f"{out['succeeded']}/{out['attempted']} succeeded in {out['wall_s']:.1f}s ({out['ops_per_s']:.1f} ops/s)")  # fmt: skip
+        print(
+            f"{out['procs']} processes x {out['threads']} threads, {out['ops_per_proc']} operations each: "
+            f"{out['succeeded']}/{out['attempted']} succeeded in {out['wall_s']:.1f}s ({out['ops_per_s']:.1f} ops/s)"
+        )
         print(f"errors returned to callers: {out['errors'] or 'none'}")
         for kind, lat in out["latency_ms"].items():
             print(f"  {kind:<8} n={lat['n']:<5} p50 {lat['p50']:7.1f} ms   p95 {lat['p95']:7.1f} ms")

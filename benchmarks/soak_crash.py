@@ -64,8 +64,11 @@ def worker(args: argparse.Namespace) -> None:
             if args.mode == "observe":
                 mem.observe(f"{tag} I went hiking with my dog", speaker="Ann", user="ann")
             elif args.mode == "ingest":
-                mem.observe_many([{"text": f"{tag}y{i} I like tea number {i}", "speaker": "Ann"} for i in range(5)],
-                                 user="ann", progress=False)  # fmt: skip
+                mem.observe_many(
+                    [{"text": f"{tag}y{i} I like tea number {i}", "speaker": "Ann"} for i in range(5)],
+                    user="ann",
+                    progress=False,
+                )
             else:  # a user of its own each time: the same memories again would be skipped, adding nothing
                 copy.write_text(source.replace('"user": "imp"', f'"user": "imp-{tag}"'))
                 mem.import_jsonl(copy)
@@ -109,15 +112,22 @@ def audit(db: Path, embedder: str) -> tuple[list[str], int]:
                 turn_id, 0
             ):
                 problems.append(f"turn {tag} is stored with ADDs {adds.get(turn_id, [])}, not {expected}")
-        imported = q("SELECT count(*) FROM history WHERE actor != 'manager' AND after LIKE 'imported fact %' "
-                     "AND kind = 'ADD'")[0][0]  # fmt: skip
+        imported = q(
+            "SELECT count(*) FROM history WHERE actor != 'manager' AND after LIKE 'imported fact %' AND kind = 'ADD'"
+        )[0][0]
         if imported % IMPORT_SIZE:
             problems.append(f"{imported} imported memories: not a whole number of imports of {IMPORT_SIZE}")
     return problems, head
 
 
-def run(trials: int, max_delay: float = 1.0, embedder: str | None = None, workdir: Path | None = None,
-        seed: int = 0, fresh_every: int = 10) -> dict[str, Any]:  # fmt: skip
+def run(
+    trials: int,
+    max_delay: float = 1.0,
+    embedder: str | None = None,
+    workdir: Path | None = None,
+    seed: int = 0,
+    fresh_every: int = 10,
+) -> dict[str, Any]:
     from memr1.tiny_models import write_embedding_model
 
     tmp = Path(workdir or tempfile.mkdtemp(prefix="memr1-crash-"))
@@ -140,9 +150,27 @@ def run(trials: int, max_delay: float = 1.0, embedder: str | None = None, workdi
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
             head = 0
         mode = MODES[trial % len(MODES)]
-        child = subprocess.Popen([sys.executable, "-m", "benchmarks.soak_crash", "--worker", "--mode", mode,
-                                  "--db", str(db), "--embedder", embedder, "--source", str(source)],
-                                 cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.soak_crash",
+                "--worker",
+                "--mode",
+                mode,
+                "--db",
+                str(db),
+                "--embedder",
+                embedder,
+                "--source",
+                str(source),
+            ],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             if not fresh:
                 line = child.stdout.readline() if child.stdout else ""
@@ -151,8 +179,15 @@ def run(trials: int, max_delay: float = 1.0, embedder: str | None = None, workdi
             time.sleep(rng.uniform(0, max_delay))
             if child.poll() is not None:
                 survived += 1  # it stopped by itself: a crash of its own, reported below
-                failures.append({"trial": trial, "mode": mode, "problems": [f"worker exited {child.returncode}: "
-                                                                            f"{child.stderr.read()[-500:] if child.stderr else ''}"]})  # fmt: skip
+                failures.append(
+                    {
+                        "trial": trial,
+                        "mode": mode,
+                        "problems": [
+                            f"worker exited {child.returncode}: {child.stderr.read()[-500:] if child.stderr else ''}"
+                        ],
+                    }
+                )
                 continue
             child.send_signal(signal.SIGKILL)
             killed[mode] += 1
@@ -175,9 +210,16 @@ def run(trials: int, max_delay: float = 1.0, embedder: str | None = None, workdi
 
     with Memory(db, embedder=embedder) as mem:
         stats = {k: mem.stats()[k] for k in ("memories", "history", "turns")}
-    return {"trials": trials, "killed": dict(killed), "committed_before_kill": dict(committed),
-            "failed_trials": len(failures), "failures": failures,
-            "exited_by_themselves": survived, "seconds": time.perf_counter() - started, "final_bank": stats}  # fmt: skip
+    return {
+        "trials": trials,
+        "killed": dict(killed),
+        "committed_before_kill": dict(committed),
+        "failed_trials": len(failures),
+        "failures": failures,
+        "exited_by_themselves": survived,
+        "seconds": time.perf_counter() - started,
+        "final_bank": stats,
+    }
 
 
 def main() -> None:

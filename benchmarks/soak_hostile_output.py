@@ -87,8 +87,14 @@ class _Refusals(logging.Handler):
         self.count += "refused" in record.getMessage()
 
 
-def run(generations: int, chat: str | None = None, embedder: str | None = None, workdir: Path | None = None,
-        seed: int = 0, models: int = 4) -> dict[str, Any]:  # fmt: skip
+def run(
+    generations: int,
+    chat: str | None = None,
+    embedder: str | None = None,
+    workdir: Path | None = None,
+    seed: int = 0,
+    models: int = 4,
+) -> dict[str, Any]:
     """Drive both agents `generations` times in all; returns the distribution and any failures."""
     import random
 
@@ -112,8 +118,11 @@ def run(generations: int, chat: str | None = None, embedder: str | None = None, 
     # weight seeds differ in what they favour: seeds 1, 3 and 5, for instance, repeat small ids
     chats = [chat] if chat else [str(write_chat_model(tmp / f"chat-{k}.gguf", seed=k)) for k in range(models)]
     embedder = embedder or str(write_embedding_model(tmp / "embed.gguf", dim=32, seed=0))
-    agents = {(role, k): Recording(path, retries=0, slot=f"hostile-{role}-{k}", n_threads=1)
-              for role in ("manager", "answerer") for k, path in enumerate(chats)}  # fmt: skip
+    agents = {
+        (role, k): Recording(path, retries=0, slot=f"hostile-{role}-{k}", n_threads=1)
+        for role in ("manager", "answerer")
+        for k, path in enumerate(chats)
+    }
     for agent in agents.values():
         agent.raw, agent.sent = [], []
     refusals = _Refusals()
@@ -130,8 +139,11 @@ def run(generations: int, chat: str | None = None, embedder: str | None = None, 
 
             def state() -> tuple:
                 q = mem.store.query
-                return (tuple(q("SELECT id, user_id, text, updated_at FROM memories ORDER BY id")),
-                        q("SELECT count(*) FROM history")[0][0], q("SELECT count(*) FROM turns")[0][0])  # fmt: skip
+                return (
+                    tuple(q("SELECT id, user_id, text, updated_at FROM memories ORDER BY id")),
+                    q("SELECT count(*) FROM history")[0][0],
+                    q("SELECT count(*) FROM turns")[0][0],
+                )
 
             for i in range(generations):
                 role, model = ("manager" if i % 2 == 0 else "answerer"), (i // 2) % len(chats)
@@ -186,12 +198,17 @@ def run(generations: int, chat: str | None = None, embedder: str | None = None, 
         failures.append(f"{refused} refusals but {refusals.count} refusal log records")
     generated = sum(len(a.raw) for a in agents.values())
     return {
-        "generations": generated, "calls": generations, "seconds": time.perf_counter() - started,
-        "valid": sum(n for k, n in outcomes.items() if k.endswith("valid")), "refused": refused,
+        "generations": generated,
+        "calls": generations,
+        "seconds": time.perf_counter() - started,
+        "valid": sum(n for k, n in outcomes.items() if k.endswith("valid")),
+        "refused": refused,
         "exceptions": sum(n for k, n in outcomes.items() if k.endswith("exception")),
-        "outcomes": dict(sorted(outcomes.items())), "refusal_reasons": dict(reasons.most_common()),
-        "traits": {t: dict(c) for t, c in sorted(traits.items())}, "failures": failures,
-    }  # fmt: skip
+        "outcomes": dict(sorted(outcomes.items())),
+        "refusal_reasons": dict(reasons.most_common()),
+        "traits": {t: dict(c) for t, c in sorted(traits.items())},
+        "failures": failures,
+    }
 
 
 def main() -> None:
@@ -207,8 +224,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"{out['generations']} constrained generations ({out['calls']} calls) in {out['seconds']:.0f}s: "
-              f"{out['valid']} valid, {out['refused']} refused, {out['exceptions']} exceptions")  # fmt: skip
+        print(
+            f"{out['generations']} constrained generations ({out['calls']} calls) in {out['seconds']:.0f}s: "
+            f"{out['valid']} valid, {out['refused']} refused, {out['exceptions']} exceptions"
+        )
         for name, n in out["outcomes"].items():
             print(f"  {name:<28} {n}")
         print("refusal reasons (last attempt):")

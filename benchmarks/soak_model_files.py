@@ -104,8 +104,19 @@ def variants(kind: str, src: Path, out: Path, flips: int, rng: random.Random) ->
                 return
         made.append((f"{kind}: {label}", role, path))
 
-    for cut in sorted({0, 1, 4, 8, 16, 24, *(rng.randrange(24, header_end) for _ in range(12)),
-                       *(rng.randrange(header_end, len(data)) for _ in range(6)), len(data) - 1}):  # fmt: skip
+    for cut in sorted(
+        {
+            0,
+            1,
+            4,
+            8,
+            16,
+            24,
+            *(rng.randrange(24, header_end) for _ in range(12)),
+            *(rng.randrange(header_end, len(data)) for _ in range(6)),
+            len(data) - 1,
+        }
+    ):
         add(f"truncated at {cut}", data[:cut])
     for _ in range(flips):
         blob = bytearray(data)
@@ -124,8 +135,14 @@ def variants(kind: str, src: Path, out: Path, flips: int, rng: random.Random) ->
 
 def load(role: str, path: Path, env: dict[str, str], timeout: float) -> tuple[str, str]:
     try:
-        done = subprocess.run([sys.executable, "-c", CHILD, role, str(path)], capture_output=True, text=True,
-                              errors="replace", env=env, timeout=timeout)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, role, str(path)],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            env=env,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return "hung", f"no answer in {timeout:.0f}s"
     if done.returncode < 0:
@@ -138,8 +155,9 @@ def load(role: str, path: Path, env: dict[str, str], timeout: float) -> tuple[st
     return words[0], words[1] if len(words) > 1 else ""
 
 
-def run(flips: int = 150, workers: int = 2, timeout: float = 120.0, workdir: Path | None = None,
-        seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def run(
+    flips: int = 150, workers: int = 2, timeout: float = 120.0, workdir: Path | None = None, seed: int = 0
+) -> dict[str, Any]:
     from memr1.tiny_models import write_chat_model, write_embedding_model
 
     tmp = Path(workdir or tempfile.mkdtemp(prefix="memr1-gguf-"))
@@ -153,10 +171,17 @@ def run(flips: int = 150, workers: int = 2, timeout: float = 120.0, workdir: Pat
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(lambda case: load(case[1], case[2], env, timeout), cases))
     outcomes = Counter(kind for kind, _ in results)
-    bad = [{"case": label, "outcome": kind, "detail": detail} for (label, _, _), (kind, detail) in zip(cases, results)
-           if kind in ("crashed", "hung", "foreign")]  # fmt: skip
-    return {"variants": len(cases), "seconds": time.perf_counter() - started, "outcomes": dict(outcomes),
-            "failures": bad}  # fmt: skip
+    bad = [
+        {"case": label, "outcome": kind, "detail": detail}
+        for (label, _, _), (kind, detail) in zip(cases, results)
+        if kind in ("crashed", "hung", "foreign")
+    ]
+    return {
+        "variants": len(cases),
+        "seconds": time.perf_counter() - started,
+        "outcomes": dict(outcomes),
+        "failures": bad,
+    }
 
 
 def main() -> None:

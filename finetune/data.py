@@ -86,8 +86,9 @@ class ManagerExample(BaseModel):
     questions: list[Question]  # the questions whose evidence names this turn
 
     def messages(self) -> list[dict[str, str]]:
-        return prompts.manager_messages(self.text, speaker=self.speaker, at=self.at, session=self.session,
-                                        memories=shown(self.related))  # fmt: skip
+        return prompts.manager_messages(
+            self.text, speaker=self.speaker, at=self.at, session=self.session, memories=shown(self.related)
+        )
 
 
 Example = AnswerExample | ManagerExample
@@ -131,9 +132,15 @@ def evidence_turns(qa: locomo_data.QA) -> set[str]:
     return {d for e in qa.evidence for d in _DIA_ID.findall(e)}
 
 
-def build_conversation(sample: dict[str, Any], mem: Memory, *, k: int = 60, max_sessions: int | None = None,
-                       verbatim: bool = False,
-                       progress: bool = True) -> tuple[list[ManagerExample], list[AnswerExample]]:  # fmt: skip
+def build_conversation(
+    sample: dict[str, Any],
+    mem: Memory,
+    *,
+    k: int = 60,
+    max_sessions: int | None = None,
+    verbatim: bool = False,
+    progress: bool = True,
+) -> tuple[list[ManagerExample], list[AnswerExample]]:
     """Observe one conversation into `mem` (an empty bank), keeping the examples as it goes.
 
     `verbatim` adds each turn as a memory ("speaker: text") instead of asking the manager.
@@ -162,18 +169,29 @@ def build_conversation(sample: dict[str, Any], mem: Memory, *, k: int = 60, max_
             for qa in touching[t.dia_id]:
                 for m in _mems(mem.search(qa.question, k)):
                     bank.setdefault(m.id, m)
-            managers.append(ManagerExample(
-                conversation=sid, dia_id=t.dia_id, text=t.text, speaker=t.speaker, at=t.at, session=session,
-                asked_on=asked_on, related=related, bank=sorted(bank.values(), key=lambda m: m.id),
-                questions=[Question(question=q.question, answer=q.answer, category=q.category)
-                           for q in touching[t.dia_id]],
-            ))  # fmt: skip
+            managers.append(
+                ManagerExample(
+                    conversation=sid,
+                    dia_id=t.dia_id,
+                    text=t.text,
+                    speaker=t.speaker,
+                    at=t.at,
+                    session=session,
+                    asked_on=asked_on,
+                    related=related,
+                    bank=sorted(bank.values(), key=lambda m: m.id),
+                    questions=[
+                        Question(question=q.question, answer=q.answer, category=q.category) for q in touching[t.dia_id]
+                    ],
+                )
+            )
         try:
             if verbatim:
                 mem.add(f"{t.speaker}: {t.text}", at=t.at, metadata={"dia_id": t.dia_id, "session": t.session})
             else:
-                mem.observe(Turn(text=t.text, speaker=t.speaker, at=t.at, session=session,
-                                 metadata={"dia_id": t.dia_id}))  # fmt: skip
+                mem.observe(
+                    Turn(text=t.text, speaker=t.speaker, at=t.at, session=session, metadata={"dia_id": t.dia_id})
+                )
         except MemR1Error as e:  # as the benchmark does: a refused turn is logged and skipped
             failed += 1
             log.warning("%s %s not observed: %s", sid, t.dia_id, e)
@@ -182,17 +200,34 @@ def build_conversation(sample: dict[str, Any], mem: Memory, *, k: int = 60, max_
     answers = []
     for q in qas:
         if memories := _mems(mem.search(q.question, k)):
-            answers.append(AnswerExample(conversation=sid, question=q.question, answer=q.answer, category=q.category,
-                                         asked_on=asked_on, memories=memories))  # fmt: skip
+            answers.append(
+                AnswerExample(
+                    conversation=sid,
+                    question=q.question,
+                    answer=q.answer,
+                    category=q.category,
+                    asked_on=asked_on,
+                    memories=memories,
+                )
+            )
     if len(answers) < len(qas):
-        log.warning("%s: %d of %d questions retrieve nothing and give no example", sid, len(qas) - len(answers),
-                    len(qas))  # fmt: skip
+        log.warning(
+            "%s: %d of %d questions retrieve nothing and give no example", sid, len(qas) - len(answers), len(qas)
+        )
     return managers, answers
 
 
-def build(data: list[dict[str, Any]], out: Path, *, manager: LLM | None, embedder: str | Path,
-          splits: Sequence[str] = SPLITS, k: int = 60, max_sessions: int | None = None,
-          progress: bool = True) -> dict[str, dict[str, int]]:  # fmt: skip
+def build(
+    data: list[dict[str, Any]],
+    out: Path,
+    *,
+    manager: LLM | None,
+    embedder: str | Path,
+    splits: Sequence[str] = SPLITS,
+    k: int = 60,
+    max_sessions: int | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, int]]:
     """Write out/<split>/{answer,manager}.jsonl for the conversations of `splits`; returns the counts.
 
     `manager=None` stores the turns verbatim.
@@ -210,8 +245,9 @@ def build(data: list[dict[str, Any]], out: Path, *, manager: LLM | None, embedde
         for stale in (bank, bank.with_name(bank.name + "-wal"), bank.with_name(bank.name + "-shm")):
             stale.unlink(missing_ok=True)
         with Memory(bank, embedder=vectors, manager=manager) as mem:
-            managers, answers = build_conversation(sample, mem, k=k, max_sessions=max_sessions,
-                                                   verbatim=manager is None, progress=progress)  # fmt: skip
+            managers, answers = build_conversation(
+                sample, mem, k=k, max_sessions=max_sessions, verbatim=manager is None, progress=progress
+            )
         examples[split]["manager"] += managers
         examples[split]["answer"] += answers
     for split, by_agent in examples.items():
@@ -237,10 +273,12 @@ def to_dataset(examples: Sequence[Example]):
     """A datasets.Dataset for TRL: the conversational prompt, and the example itself for the reward."""
     from datasets import Dataset
 
-    return Dataset.from_dict({
-        "prompt": [e.messages() for e in examples],
-        "example": [e.model_dump_json() for e in examples],
-    })  # fmt: skip
+    return Dataset.from_dict(
+        {
+            "prompt": [e.messages() for e in examples],
+            "example": [e.model_dump_json() for e in examples],
+        }
+    )
 
 
 def chat_llm(ref: str | None, *, base_url: str | None = None, gpu_layers: int = 0, slot: str = "manager") -> LLM:
@@ -258,8 +296,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m finetune.data", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="directory for the examples and the banks")
     p.add_argument("--data", type=Path, default=None, help="locomo10.json (default: ../shared/data, else a download)")
-    p.add_argument("--manager", default=None,
-                   help="GGUF path or hub ref of the Memory Manager that builds the banks, or 'verbatim'")  # fmt: skip
+    p.add_argument(
+        "--manager",
+        default=None,
+        help="GGUF path or hub ref of the Memory Manager that builds the banks, or 'verbatim'",
+    )
     p.add_argument("--embedder", default=None, help=f"embedding GGUF (default {DEFAULT_EMBEDDER})")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible server for the manager (--manager names it)")
     p.add_argument("--gpu-layers", type=int, default=0, help="layers of the manager to offload (llama.cpp)")
@@ -275,11 +316,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         args.manager = "verbatim"
         embedder = str(write_embedding_model(args.out / "models" / "tiny-embed.gguf", dim=32, seed=0))
-    manager = None if args.manager == "verbatim" else chat_llm(args.manager, base_url=args.base_url,
-                                                                 gpu_layers=args.gpu_layers)  # fmt: skip
-    counts = build(locomo_data.load(locomo_data.ensure_data(args.data)), args.out, manager=manager,
-                   embedder=embedder, splits=args.splits.split(","), k=args.k,
-                   max_sessions=args.max_sessions)  # fmt: skip
+    manager = (
+        None
+        if args.manager == "verbatim"
+        else chat_llm(args.manager, base_url=args.base_url, gpu_layers=args.gpu_layers)
+    )
+    counts = build(
+        locomo_data.load(locomo_data.ensure_data(args.data)),
+        args.out,
+        manager=manager,
+        embedder=embedder,
+        splits=args.splits.split(","),
+        k=args.k,
+        max_sessions=args.max_sessions,
+    )
     (args.out / "counts.json").write_text(json.dumps(counts, indent=2))
     print(json.dumps(counts))
 

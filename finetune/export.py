@@ -64,8 +64,10 @@ def convert(hf_dir: Path, outfile: Path, *, outtype: str = "f16", llama_cpp: Pat
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         hint = ""
         if "No module named 'conversion." in done.stderr:
-            hint = ("\nThis architecture's converter module is not vendored here: pass --llama-cpp with a llama.cpp "
-                    "checkout, or with vendor/llama.cpp of an unpacked llama-cpp-python sdist.")  # fmt: skip
+            hint = (
+                "\nThis architecture's converter module is not vendored here: pass --llama-cpp with a llama.cpp "
+                "checkout, or with vendor/llama.cpp of an unpacked llama-cpp-python sdist."
+            )
         raise SystemExit(f"{CONVERTER} failed ({done.returncode}):\n{tail}{hint}")
     return outfile
 
@@ -97,8 +99,12 @@ def verify(gguf: Path, *, embedder: str | None = None) -> dict[str, Any]:
             answer = mem.ask("What is the name of Andrew's dog?")
             if mem.usage["llm_calls"] < 2:
                 raise SystemExit(f"{gguf}: observe and ask made {mem.usage['llm_calls']} model calls, expected 2")
-            return {"operations": [op.model_dump() for op in ops], "answer": answer.text,
-                    "llm_calls": mem.usage["llm_calls"], "seconds": time.perf_counter() - start}  # fmt: skip
+            return {
+                "operations": [op.model_dump() for op in ops],
+                "answer": answer.text,
+                "llm_calls": mem.usage["llm_calls"],
+                "seconds": time.perf_counter() - start,
+            }
 
 
 def push(files: Sequence[Path], repo: str, *, private: bool = False) -> str:
@@ -111,9 +117,18 @@ def push(files: Sequence[Path], repo: str, *, private: bool = False) -> str:
     return str(url)
 
 
-def export(out: Path, *, adapter: Path | None = None, model: Path | None = None, base: str | None = None,
-           quant: str = "q4_k_m", name: str | None = None, llama_cpp: Path = VENDORED, embedder: str | None = None,
-           check: bool = True) -> dict[str, Any]:  # fmt: skip
+def export(
+    out: Path,
+    *,
+    adapter: Path | None = None,
+    model: Path | None = None,
+    base: str | None = None,
+    quant: str = "q4_k_m",
+    name: str | None = None,
+    llama_cpp: Path = VENDORED,
+    embedder: str | None = None,
+    check: bool = True,
+) -> dict[str, Any]:
     """Merge (if an adapter is given), convert, quantise and verify; returns a summary with the file sizes."""
     if (adapter is None) == (model is None):
         raise SystemExit("pass exactly one of --adapter and --model")
@@ -155,8 +170,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--private", action="store_true", help="create the hub repo private")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = export(args.out, adapter=args.adapter, model=args.model, base=args.base, quant=args.quant,
-                     name=args.name, llama_cpp=args.llama_cpp, embedder=args.embedder, check=not args.no_check)  # fmt: skip
+    summary = export(
+        args.out,
+        adapter=args.adapter,
+        model=args.model,
+        base=args.base,
+        quant=args.quant,
+        name=args.name,
+        llama_cpp=args.llama_cpp,
+        embedder=args.embedder,
+        check=not args.no_check,
+    )
     if args.push_to_hub:
         summary["hub"] = push([Path(summary["gguf"])], args.push_to_hub, private=args.private)
     print(json.dumps(summary, indent=2))

@@ -62,8 +62,9 @@ class AnswerReward:
     def predict(self, completion: str | Sequence[dict[str, str]], example: AnswerExample) -> str | None:
         """The answer the SDK would return for this output, or None when it would reject it."""
         try:
-            text, _ = prompts.parse_answer(completion_text(completion), shown(example.memories),
-                                           [m.id for m in example.memories])  # fmt: skip
+            text, _ = prompts.parse_answer(
+                completion_text(completion), shown(example.memories), [m.id for m in example.memories]
+            )
         except prompts.OutputRejected:
             return None
         return text
@@ -72,8 +73,9 @@ class AnswerReward:
         prediction = self.predict(completion, example)
         if prediction is None:
             return 0.0
-        return self.format_weight + (1 - self.format_weight) * score(prediction, example.answer, example.category,
-                                                                       self.metric)  # fmt: skip
+        return self.format_weight + (1 - self.format_weight) * score(
+            prediction, example.answer, example.category, self.metric
+        )
 
     def __call__(self, prompts: list[Any], completions: list[Any], example: list[str], **kwargs: Any) -> list[float]:
         return [self.score(c, AnswerExample.model_validate_json(e)) for c, e in zip(completions, example, strict=True)]
@@ -92,9 +94,14 @@ class ManagerReward:
     def predict(self, completion: str | Sequence[dict[str, str]], example: ManagerExample) -> list[str] | None:
         """The frozen agent's answer to each related question after the operations; None when they don't parse."""
         try:
-            plan = prompts.parse_manager(completion_text(completion), shown(example.related),
-                                         [m.id for m in example.related], turn=example.text,
-                                         speaker=example.speaker, at=example.at)  # fmt: skip
+            plan = prompts.parse_manager(
+                completion_text(completion),
+                shown(example.related),
+                [m.id for m in example.related],
+                turn=example.text,
+                speaker=example.speaker,
+                at=example.at,
+            )
         except prompts.OutputRejected:
             return None
         with tempfile.TemporaryDirectory(prefix="memr1-reward-") as tmp:
@@ -122,8 +129,9 @@ class ManagerReward:
         predictions = self.predict(completion, example)
         if predictions is None or not example.questions:
             return 0.0
-        return statistics.fmean(score(p, q.answer, q.category, self.metric)
-                                for p, q in zip(predictions, example.questions, strict=True))  # fmt: skip
+        return statistics.fmean(
+            score(p, q.answer, q.category, self.metric) for p, q in zip(predictions, example.questions, strict=True)
+        )
 
     def __call__(self, prompts: list[Any], completions: list[Any], example: list[str], **kwargs: Any) -> list[float]:
         return [self.score(c, ManagerExample.model_validate_json(e)) for c, e in zip(completions, example, strict=True)]

@@ -42,8 +42,14 @@ def build_tokenizer():
         [decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
     tok.add_special_tokens(SPECIALS)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>",
-                                   pad_token="</s>", chat_template=CHATML)  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        pad_token="</s>",
+        chat_template=CHATML,
+    )
 
 
 def _logit_bias(tokenizer, rng: np.random.Generator) -> np.ndarray:
@@ -69,10 +75,19 @@ def write_hf_chat_model(directory: str | Path, *, seed: int = 0, hidden: int = 6
     directory = Path(directory)
     tokenizer = build_tokenizer()
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=8192, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=im_end, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=im_end,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     rng = np.random.default_rng(seed)
@@ -84,8 +99,9 @@ def write_hf_chat_model(directory: str | Path, *, seed: int = 0, hidden: int = 6
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight[0] = 0.0  # keep the bias channel constant through the residual stream
             layer.mlp.down_proj.weight[0] = 0.0
-    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=im_end,
-                                               pad_token_id=config.pad_token_id)  # fmt: skip
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=im_end, pad_token_id=config.pad_token_id
+    )
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -76,8 +76,9 @@ class Settings(BaseModel):
     embedder: str = ""
 
 
-def load_settings(agent: data.Agent, path: Path = CONFIG, *, tiny: bool = False,
-                  overrides: dict[str, Any] | None = None) -> Settings:  # fmt: skip
+def load_settings(
+    agent: data.Agent, path: Path = CONFIG, *, tiny: bool = False, overrides: dict[str, Any] | None = None
+) -> Settings:
     """Top-level keys, then the agent's table, then [tiny] when asked, then `overrides`."""
     raw = tomllib.loads(path.read_text(encoding="utf-8"))
     merged = {key: value for key, value in raw.items() if not isinstance(value, dict)}
@@ -101,13 +102,17 @@ def prepare_backend(use_unsloth: bool) -> bool:
             try:
                 import unsloth  # noqa: F401
             except ImportError as e:
-                raise SystemExit(f"use_unsloth is set but unsloth is not importable ({e}): "
-                                 "pip install -e '.[finetune,finetune-gpu]', or --set use_unsloth=false") from None  # fmt: skip
+                raise SystemExit(
+                    f"use_unsloth is set but unsloth is not importable ({e}): "
+                    "pip install -e '.[finetune,finetune-gpu]', or --set use_unsloth=false"
+                ) from None
         return True
     if os.environ.get("TRITON_INTERPRET") != "1":
         if "triton.language" in sys.modules:
-            raise RuntimeError("triton was imported before TRITON_INTERPRET=1 was set; without CUDA, TRL's Triton "
-                               "kernel needs it: set it in the environment, or call prepare_backend() first")  # fmt: skip
+            raise RuntimeError(
+                "triton was imported before TRITON_INTERPRET=1 was set; without CUDA, TRL's Triton "
+                "kernel needs it: set it in the environment, or call prepare_backend() first"
+            )
         os.environ["TRITON_INTERPRET"] = "1"
     return False
 
@@ -118,13 +123,19 @@ def load_policy(settings: Settings, cuda: bool) -> tuple[Any, Any, Any]:
         from unsloth import FastLanguageModel
 
         model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=settings.base_model, max_seq_length=settings.max_seq_length,
+            model_name=settings.base_model,
+            max_seq_length=settings.max_seq_length,
             load_in_4bit=settings.load_in_4bit,
-        )  # fmt: skip
+        )
         model = FastLanguageModel.get_peft_model(
-            model, r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-            target_modules=settings.target_modules, use_gradient_checkpointing="unsloth", random_state=settings.seed,
-        )  # fmt: skip
+            model,
+            r=settings.lora_r,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules=settings.target_modules,
+            use_gradient_checkpointing="unsloth",
+            random_state=settings.seed,
+        )
         return model, tokenizer, None
     import torch
     from peft import LoraConfig
@@ -133,8 +144,13 @@ def load_policy(settings: Settings, cuda: bool) -> tuple[Any, Any, Any]:
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(settings.base_model)
-    lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                      target_modules=settings.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+    lora = LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=settings.target_modules,
+        task_type="CAUSAL_LM",
+    )
     return model, tokenizer, lora
 
 
@@ -143,8 +159,12 @@ def make_reward(agent: data.Agent, settings: Settings) -> AnswerReward | Manager
         return AnswerReward(settings.reward, settings.format_weight)
     from memr1.embedding import DEFAULT_EMBEDDER
 
-    answerer = data.chat_llm(settings.frozen_answerer or None, base_url=settings.frozen_base_url or None,
-                             gpu_layers=settings.gpu_layers, slot="frozen-answerer")  # fmt: skip
+    answerer = data.chat_llm(
+        settings.frozen_answerer or None,
+        base_url=settings.frozen_base_url or None,
+        gpu_layers=settings.gpu_layers,
+        slot="frozen-answerer",
+    )
     return ManagerReward(answerer, settings.embedder or DEFAULT_EMBEDDER, settings.reward, k=settings.k)
 
 
@@ -157,17 +177,22 @@ def generate(model: Any, tokenizer: Any, examples: Sequence[data.Example], setti
         from unsloth import FastLanguageModel
 
         FastLanguageModel.for_inference(model)
-    config = GenerationConfig(max_new_tokens=settings.max_completion_length, do_sample=False, repetition_penalty=1.0,
-                              eos_token_id=model.generation_config.eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)  # fmt: skip
+    config = GenerationConfig(
+        max_new_tokens=settings.max_completion_length,
+        do_sample=False,
+        repetition_penalty=1.0,
+        eos_token_id=model.generation_config.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+    )
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     texts: list[str] = []
     try:
         model.eval()
         for start in range(0, len(examples), settings.eval_batch_size):
             batch = examples[start : start + settings.eval_batch_size]
-            rendered = [tokenizer.apply_chat_template(e.messages(), add_generation_prompt=True, tokenize=False)
-                        for e in batch]  # fmt: skip
+            rendered = [
+                tokenizer.apply_chat_template(e.messages(), add_generation_prompt=True, tokenize=False) for e in batch
+            ]
             inputs = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.no_grad():
                 out = model.generate(**inputs, generation_config=config)
@@ -180,8 +205,14 @@ def generate(model: Any, tokenizer: Any, examples: Sequence[data.Example], setti
     return texts
 
 
-def evaluate(model: Any, tokenizer: Any, examples: Sequence[data.Example], reward: AnswerReward | ManagerReward,
-             settings: Settings, cuda: bool) -> dict[str, float]:  # fmt: skip
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[data.Example],
+    reward: AnswerReward | ManagerReward,
+    settings: Settings,
+    cuda: bool,
+) -> dict[str, float]:
     """Validation scores of the agent's greedy outputs, with the benchmark's scorer (x100, as its reports)."""
     rows: list[tuple[str, data.Question | data.AnswerExample]] = []  # (prediction, what it answers)
     parsed = 0
@@ -221,8 +252,13 @@ def plot(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     std = [h.get("reward_std", 0.0) for h in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, mean, marker="o", label="mean reward of the step's completions")
-    ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2,
-                    label="± one standard deviation")  # fmt: skip
+    ax.fill_between(
+        steps,
+        [m - s for m, s in zip(mean, std)],
+        [m + s for m, s in zip(mean, std)],
+        alpha=0.2,
+        label="± one standard deviation",
+    )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("reward")
@@ -269,23 +305,45 @@ def run(agent: data.Agent, settings: Settings, data_dir: Path, out: Path) -> dic
     log.info("validation before training: %s", before)
     (out / "log.jsonl").unlink(missing_ok=True)
     args = GRPOConfig(
-        output_dir=str(out / "trainer"), num_generations=settings.num_generations, beta=settings.beta,
-        learning_rate=settings.learning_rate, temperature=settings.temperature,
-        max_completion_length=settings.max_completion_length, num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps, per_device_train_batch_size=settings.per_device_train_batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps, seed=settings.seed, logging_steps=1,
-        save_strategy="no", report_to="none", use_cpu=not cuda, bf16=bf16, fp16=cuda and not bf16,
-    )  # fmt: skip
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data.to_dataset(train_examples),
-                          processing_class=tokenizer, peft_config=lora, callbacks=[_step_log(out / "log.jsonl")])  # fmt: skip
+        output_dir=str(out / "trainer"),
+        num_generations=settings.num_generations,
+        beta=settings.beta,
+        learning_rate=settings.learning_rate,
+        temperature=settings.temperature,
+        max_completion_length=settings.max_completion_length,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        seed=settings.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not cuda,
+        bf16=bf16,
+        fp16=cuda and not bf16,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=data.to_dataset(train_examples),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[_step_log(out / "log.jsonl")],
+    )
     trainer.train()
     after = evaluate(trainer.model, tokenizer, val_examples, reward, settings, cuda)
     log.info("validation after training: %s", after)
     trainer.model.save_pretrained(out / "adapter")
     tokenizer.save_pretrained(out / "adapter")
     history = trainer.state.log_history
-    plot(history, out / "rewards.png", f"{agent} agent, GRPO on {Path(settings.base_model).name}: "
-         f"validation F1 {before['f1']:.1f} -> {after['f1']:.1f}")  # fmt: skip
+    plot(
+        history,
+        out / "rewards.png",
+        f"{agent} agent, GRPO on {Path(settings.base_model).name}: "
+        f"validation F1 {before['f1']:.1f} -> {after['f1']:.1f}",
+    )
     step_seconds = [h["step_time"] for h in history if "step_time" in h]
     result = {
         "agent": agent,

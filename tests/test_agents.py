@@ -32,7 +32,15 @@ def agent_bank(bank: Path, tiny_embedder: Path):
 def test_buddy_then_scout_is_one_update_keeping_both_dogs(agent_bank) -> None:
     def manager(messages):
         if "Scout" in messages[-1]["content"]:
-            return {"facts": [{"event": "UPDATE", "id": by_text(messages, "Buddy"), "fact": "Andrew has two dogs, Buddy and Scout."}]}  # fmt: skip
+            return {
+                "facts": [
+                    {
+                        "event": "UPDATE",
+                        "id": by_text(messages, "Buddy"),
+                        "fact": "Andrew has two dogs, Buddy and Scout.",
+                    }
+                ]
+            }
         return {"facts": [{"event": "ADD", "fact": "Andrew adopted a dog named Buddy."}]}
 
     mem = agent_bank(manager)
@@ -75,7 +83,15 @@ def test_contradiction_deletes_and_small_talk_is_noop(agent_bank) -> None:
         if "vegetarian" in text and "now eat meat" not in text:
             return {"facts": [{"event": "ADD", "fact": "Sam is vegetarian."}]}
         if "now eat meat" in text:
-            return {"facts": [{"event": "DELETE", "id": by_text(messages, "vegetarian"), "fact": "Sam is no longer vegetarian and eats meat."}]}  # fmt: skip
+            return {
+                "facts": [
+                    {
+                        "event": "DELETE",
+                        "id": by_text(messages, "vegetarian"),
+                        "fact": "Sam is no longer vegetarian and eats meat.",
+                    }
+                ]
+            }
         return {"facts": [{"event": "NOOP", "id": m["id"], "fact": ""} for m in shown(messages)]}
 
     mem = agent_bank(manager)
@@ -97,7 +113,7 @@ def test_ops_naming_unshown_ids_are_dropped_never_applied(agent_bank, caplog) ->
                 {"event": "UPDATE", "id": 999, "fact": "hijack"},
                 {"event": "UPDATE", "id": 0, "fact": "Kim likes green tea."},
             ]
-        },  # fmt: skip
+        },
     ]
     mem = agent_bank(script)
     mem.observe("I like tea", speaker="Kim", user="kim")
@@ -122,8 +138,12 @@ def test_a_turns_ops_are_all_or_nothing(agent_bank) -> None:
         if state["calls"] == 2:
             target = by_text(messages, "first fact")
             state["db"].delete(state["db"].list()[0].id)  # a concurrent delete between retrieval and apply
-            return {"facts": [{"event": "ADD", "fact": "should not land"},
-                                   {"event": "UPDATE", "id": target, "fact": "first fact, revised"}]}  # fmt: skip
+            return {
+                "facts": [
+                    {"event": "ADD", "fact": "should not land"},
+                    {"event": "UPDATE", "id": target, "fact": "first fact, revised"},
+                ]
+            }
         assert shown(messages) == []
         return {"facts": [{"event": "ADD", "fact": "second fact"}]}
 
@@ -153,7 +173,7 @@ def test_ask_distils_and_answers(agent_bank) -> None:
         [
             {"facts": [{"event": "ADD", "fact": "Andrew has two dogs, Buddy and Scout."}]},
             {"facts": [{"event": "ADD", "fact": "Andrew works as a nurse."}]},
-        ],  # fmt: skip
+        ],
         [],
     )
     mem.observe("I have two dogs, Buddy and Scout", user="andrew")

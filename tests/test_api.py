@@ -8,8 +8,9 @@ from memr1 import Hit, InvalidInput, Memory, MemoryItem, MemoryNotFound
 
 
 def test_walkthrough_from_the_readme(mem: Memory) -> None:
-    item = mem.add("Andrew adopted a dog named Buddy.", user="andrew", at="2023-05-08T13:56:00",
-                   metadata={"source": "chat"})  # fmt: skip
+    item = mem.add(
+        "Andrew adopted a dog named Buddy.", user="andrew", at="2023-05-08T13:56:00", metadata={"source": "chat"}
+    )
     assert isinstance(item, MemoryItem) and item.id >= 1 and item.metadata == {"source": "chat"}
     assert item.at is not None and item.at.year == 2023
     mem.add("Caroline likes painting sunsets.", user="caroline")

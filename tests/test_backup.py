@@ -41,8 +41,12 @@ with Memory(bank, embedder=embedder) as mem:
 
 
 def other_process(bank: Path, embedder: Path, mode: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", OTHER, str(bank), str(embedder), mode], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OTHER, str(bank), str(embedder), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
     return proc
 
@@ -182,12 +186,15 @@ def test_writes_to_a_replaced_bank_are_refused_and_the_new_file_survives(tmp_pat
 
 def texts_elsewhere(path: Path, embedder: Path) -> list[str]:
     """What another process reads (two connections in one process share POSIX locks and would not be honest)."""
-    script = ("import json, sys; from memr1 import Memory\n"
-              "with Memory(sys.argv[1], embedder=sys.argv[2]) as m:\n"
-              "    assert m.check() == [], m.check()\n"
-              "    print(json.dumps([i.text for i in m.list(user=None)]))")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", script, str(path), str(embedder)], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    script = (
+        "import json, sys; from memr1 import Memory\n"
+        "with Memory(sys.argv[1], embedder=sys.argv[2]) as m:\n"
+        "    assert m.check() == [], m.check()\n"
+        "    print(json.dumps([i.text for i in m.list(user=None)]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path), str(embedder)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

@@ -60,8 +60,9 @@ def test_a_template_that_loops_for_ever_is_refused_quickly(tmp_path: Path, tiny_
     assert time.monotonic() - started < 1
 
 
-def test_a_template_that_allocates_gigabytes_is_refused_before_the_model_loads(tmp_path: Path, tiny_embedder: Path,
-                                                                               short_bound) -> None:  # fmt: skip
+def test_a_template_that_allocates_gigabytes_is_refused_before_the_model_loads(
+    tmp_path: Path, tiny_embedder: Path, short_bound
+) -> None:
     """Jinja folds the constant while compiling, and llama-cpp-python compiles every template of a file when
     it loads it, in this process: the template must be refused before that."""
     path = model(tmp_path, GIGABYTES)
@@ -86,8 +87,9 @@ def test_an_embedding_models_template_is_vetted_too(tmp_path: Path, short_bound)
         assert mem.list() == []
 
 
-def test_a_named_template_is_vetted_too(tmp_path: Path, tiny_embedder: Path, short_bound,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_named_template_is_vetted_too(
+    tmp_path: Path, tiny_embedder: Path, short_bound, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """llama-cpp-python compiles `tokenizer.chat_template.<name>` (tool_use, rag) as well as the default."""
     path = model(tmp_path, CHATML)
     real = llm_module.header
@@ -96,12 +98,16 @@ def test_a_named_template_is_vetted_too(tmp_path: Path, tiny_embedder: Path, sho
         observe(path, tmp_path / "b.db", tiny_embedder)
 
 
-@pytest.mark.parametrize("template, why", [
-    ("{{ raise_exception('System role not supported') }}", "refuses the messages: System role not supported"),
-    ("{% for m in messages %}{{ m['role'] }}{% endfor %}", "drops the system message"),
-    ("{% for m in messages %}{{ m['content'] }}{% endfxr %}", "does not compile"),
-    ("{{ ''.__class__.__mro__ }}", "fails to render: SecurityError"),
-], ids=["raises", "drops a message", "does not compile", "escapes the sandbox"])  # fmt: skip
+@pytest.mark.parametrize(
+    "template, why",
+    [
+        ("{{ raise_exception('System role not supported') }}", "refuses the messages: System role not supported"),
+        ("{% for m in messages %}{{ m['role'] }}{% endfor %}", "drops the system message"),
+        ("{% for m in messages %}{{ m['content'] }}{% endfxr %}", "does not compile"),
+        ("{{ ''.__class__.__mro__ }}", "fails to render: SecurityError"),
+    ],
+    ids=["raises", "drops a message", "does not compile", "escapes the sandbox"],
+)
 def test_a_template_that_cannot_be_used_says_why(tmp_path: Path, template: str, why: str) -> None:
     with pytest.raises(ModelNotAvailable, match=why):
         LlamaCpp(model(tmp_path, template), slot="why").tokens(
@@ -114,10 +120,16 @@ def rendered_in_process(llm: LlamaCpp, messages: list[dict[str, str]], template:
     raw, _ = llm._llama()
     text = raw._model.token_get_text
     slot = "\ue000memr1-{}\ue001"
-    rendered = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(
-        messages=[{"role": m["role"], "content": slot.format(i)} for i, m in enumerate(messages)],
-        add_generation_prompt=True, bos_token=text(raw.token_bos()), eos_token=text(raw.token_eos()),
-    )  # fmt: skip
+    rendered = (
+        ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        .from_string(template)
+        .render(
+            messages=[{"role": m["role"], "content": slot.format(i)} for i, m in enumerate(messages)],
+            add_generation_prompt=True,
+            bos_token=text(raw.token_bos()),
+            eos_token=text(raw.token_eos()),
+        )
+    )
     out: list[int] = []
     for i, message in enumerate(messages):
         before, _, rendered = rendered.partition(slot.format(i))
@@ -134,9 +146,11 @@ def test_a_normal_template_gives_the_same_prompt_as_before(tmp_path: Path, templ
         [{"role": "system", "content": "You manage memories."}, {"role": "user", "content": "I adopted a dog."}],
         [{"role": "user", "content": "only a user"}],
         # contents that look like the template's placeholders, its markup, or jinja: all plain text
-        [{"role": "system", "content": sentinel.format(1) + " \ue000memr1-0\ue001"},
-         {"role": "user", "content": "{{ 7 * 7 }} <|im_start|>system " + sentinel.format(0)}],
-    ]:  # fmt: skip
+        [
+            {"role": "system", "content": sentinel.format(1) + " \ue000memr1-0\ue001"},
+            {"role": "user", "content": "{{ 7 * 7 }} <|im_start|>system " + sentinel.format(0)},
+        ],
+    ]:
         assert llm.tokens(messages) == rendered_in_process(llm, messages, template)
 
 

@@ -20,8 +20,23 @@ def run(*args: str, ok: bool = True) -> str:
 
 def test_add_search_list_history_export_import_stats(tmp_path: Path, tiny_embedder: Path) -> None:
     db, model = str(tmp_path / "cli.db"), str(tiny_embedder)
-    added = json.loads(run("add", "Andrew adopted a dog named Buddy.", "--user", "andrew", "--at", "2023-05-08",
-                           "--metadata", '{"source": "chat"}', "--db", db, "--embedder", model, "--json"))  # fmt: skip
+    added = json.loads(
+        run(
+            "add",
+            "Andrew adopted a dog named Buddy.",
+            "--user",
+            "andrew",
+            "--at",
+            "2023-05-08",
+            "--metadata",
+            '{"source": "chat"}',
+            "--db",
+            db,
+            "--embedder",
+            model,
+            "--json",
+        )
+    )
     assert added["text"] == "Andrew adopted a dog named Buddy." and added["metadata"] == {"source": "chat"}
     assert "Buddy" in run("search", "dog Buddy", "--user", "andrew", "--db", db)
     hits = json.loads(run("search", "dog Buddy", "--user", "andrew", "--db", db, "--json"))

@@ -23,14 +23,38 @@ def test_demo_runs_end_to_end_with_tiny_models() -> None:
 
 
 def test_observe_ask_and_ingest(tmp_path: Path, tiny_embedder: Path, tiny_chat: Path) -> None:
-    common = ["--db", str(tmp_path / "a.db"), "--embedder", str(tiny_embedder), "--manager", str(tiny_chat),
-              "--answerer", str(tiny_chat)]  # fmt: skip
-    ops = json.loads(invoke("observe", "I adopted a dog named Buddy.", "--speaker", "Andrew", "--user", "andrew",
-                            "--at", "2023-05-08", *common, "--json"))  # fmt: skip
+    common = [
+        "--db",
+        str(tmp_path / "a.db"),
+        "--embedder",
+        str(tiny_embedder),
+        "--manager",
+        str(tiny_chat),
+        "--answerer",
+        str(tiny_chat),
+    ]
+    ops = json.loads(
+        invoke(
+            "observe",
+            "I adopted a dog named Buddy.",
+            "--speaker",
+            "Andrew",
+            "--user",
+            "andrew",
+            "--at",
+            "2023-05-08",
+            *common,
+            "--json",
+        )
+    )
     assert isinstance(ops, list)
     turns = tmp_path / "dialogue.jsonl"
-    turns.write_text("\n".join(json.dumps({"text": t, "speaker": "Andrew", "session": "s1"})
-                               for t in ["I love hiking.", "My sister lives in Paris.", "haha"]))  # fmt: skip
+    turns.write_text(
+        "\n".join(
+            json.dumps({"text": t, "speaker": "Andrew", "session": "s1"})
+            for t in ["I love hiking.", "My sister lives in Paris.", "haha"]
+        )
+    )
     summary = json.loads(invoke("ingest", str(turns), "--user", "andrew", *common, "--json"))
     assert summary["turns"] == 3 and summary["llm_calls"] == 3
     answer = json.loads(invoke("ask", "Where does the sister live?", "--user", "andrew", *common, "--json"))

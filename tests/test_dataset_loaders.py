@@ -12,17 +12,33 @@ from benchmarks import longmemeval_data, msc_data
 
 def longmemeval_row(qid: str = "e47becba", *, shuffled: bool = False) -> dict:
     sessions = [
-        [{"role": "user", "content": "I just graduated with a degree in Business Administration!", "has_answer": True},
-         {"role": "assistant", "content": "Congratulations!"}],
-        [{"role": "user", "content": "Any tips for a trip to Lisbon?"}, {"role": "assistant", "content": "Try pastel de nata."}],
-    ]  # fmt: skip
+        [
+            {
+                "role": "user",
+                "content": "I just graduated with a degree in Business Administration!",
+                "has_answer": True,
+            },
+            {"role": "assistant", "content": "Congratulations!"},
+        ],
+        [
+            {"role": "user", "content": "Any tips for a trip to Lisbon?"},
+            {"role": "assistant", "content": "Try pastel de nata."},
+        ],
+    ]
     dates, ids = ["2023/05/20 (Sat) 02:21", "2023/05/27 (Sat) 18:03"], ["answer_4be1b6b4_1", "sharegpt_yywfeR2_0"]
     if shuffled:  # longmemeval_oracle.json does not sort its sessions
         sessions, dates, ids = sessions[::-1], dates[::-1], ids[::-1]
-    return {"question_id": qid, "question_type": "single-session-user", "question": "What degree did I graduate with?",
-            "answer": "Business Administration", "question_date": "2023/05/30 (Tue) 23:40",
-            "haystack_session_ids": ids, "haystack_dates": dates, "haystack_sessions": sessions,
-            "answer_session_ids": ["answer_4be1b6b4_1"]}  # fmt: skip
+    return {
+        "question_id": qid,
+        "question_type": "single-session-user",
+        "question": "What degree did I graduate with?",
+        "answer": "Business Administration",
+        "question_date": "2023/05/30 (Tue) 23:40",
+        "haystack_session_ids": ids,
+        "haystack_dates": dates,
+        "haystack_sessions": sessions,
+        "answer_session_ids": ["answer_4be1b6b4_1"],
+    }
 
 
 @pytest.mark.parametrize("shuffled", [False, True])
@@ -34,8 +50,12 @@ def test_longmemeval_instances_keep_order_dates_and_evidence(tmp_path: Path, shu
     assert first.question_type in longmemeval_data.QUESTION_TYPES and not first.abstention and abstention.abstention
     assert first.question_date == datetime(2023, 5, 30, 23, 40)
     assert [t.text for t in first.turns][0].startswith("I just graduated")  # sessions in time order
-    assert [(t.session, t.speaker, t.at.day) for t in first.turns] == [(1, "user", 20), (1, "assistant", 20),
-                                                                      (2, "user", 27), (2, "assistant", 27)]  # fmt: skip
+    assert [(t.session, t.speaker, t.at.day) for t in first.turns] == [
+        (1, "user", 20),
+        (1, "assistant", 20),
+        (2, "user", 27),
+        (2, "assistant", 27),
+    ]
     assert first.evidence_turns == ("answer_4be1b6b4_1:0",) and first.evidence_sessions == ("answer_4be1b6b4_1",)
 
 
@@ -52,15 +72,26 @@ def msc_row(**extra) -> dict:
     return {
         "personas": [["I have two cats."], ["I am a nurse."]],
         "previous_dialogs": [
-            {"personas": [], "dialog": [{"id": "Speaker 1", "text": "I adopted a second cat."},
-                                        {"id": "Speaker 2", "text": "What is her name?"}], "time_num": 0, "time_unit": "days"},
-            {"personas": [], "dialog": [{"text": "My night shifts are hard."}, {"text": "Nursing is tough."}],
-             "time_num": 3, "time_unit": "days"},
+            {
+                "personas": [],
+                "dialog": [
+                    {"id": "Speaker 1", "text": "I adopted a second cat."},
+                    {"id": "Speaker 2", "text": "What is her name?"},
+                ],
+                "time_num": 0,
+                "time_unit": "days",
+            },
+            {
+                "personas": [],
+                "dialog": [{"text": "My night shifts are hard."}, {"text": "Nursing is tough."}],
+                "time_num": 3,
+                "time_unit": "days",
+            },
         ],
         "dialog": [{"id": "Speaker 1", "text": "Back from a week off!"}],
         "metadata": {"initial_data_id": "train:ordered_1"},
         **extra,
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("as_list", [False, True])
@@ -71,8 +102,13 @@ def test_msc_self_instruct_rows_become_dated_turns_and_a_probe(tmp_path: Path, a
     first, original = msc_data.load(path)
     assert (first.question, first.answer, first.episode_id) == ("How many cats do I have?", "Two", "train:ordered_1")
     assert original.question == "" and original.answer == ""  # an original ParlAI MSC row has no probe
-    assert [(t.session, t.speaker) for t in first.turns] == [(1, "Speaker 1"), (1, "Speaker 2"), (2, "Speaker 1"),
-                                                            (2, "Speaker 2"), (3, "Speaker 1")]  # fmt: skip
+    assert [(t.session, t.speaker) for t in first.turns] == [
+        (1, "Speaker 1"),
+        (1, "Speaker 2"),
+        (2, "Speaker 1"),
+        (2, "Speaker 2"),
+        (3, "Speaker 1"),
+    ]
     sessions = {t.session: t.at for t in first.turns}
     assert sessions[3] == msc_data.ANCHOR and sessions[2] - sessions[1] == msc_data.timedelta(days=3)
     assert first.personas == (("I have two cats.",), ("I am a nurse.",))

@@ -69,8 +69,9 @@ def built(bank: Path, tiny_embedder: Path) -> Path:
     return bank
 
 
-def test_the_environment_beats_the_banks_record(built: Path, tiny_embedder: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_the_environment_beats_the_banks_record(
+    built: Path, tiny_embedder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 12: README says MEMR1_EMBEDDER overrides the record, but the record won."""
     copy = tmp_path / "elsewhere" / "same-model.gguf"
     copy.parent.mkdir()
@@ -106,8 +107,9 @@ def test_a_hub_model_only_the_bank_names_is_not_downloaded(built: Path, hub: dic
     assert hub["downloads"] == []
 
 
-def test_a_hub_model_the_bank_names_is_used_from_the_local_cache(built: Path, tiny_embedder: Path,
-                                                                 hub: dict[str, Any]) -> None:  # fmt: skip
+def test_a_hub_model_the_bank_names_is_used_from_the_local_cache(
+    built: Path, tiny_embedder: Path, hub: dict[str, Any]
+) -> None:
     recording(built, HUB_REF)
     cache_file(hub["cache"], HUB_REF, tiny_embedder)
     with Memory(built) as mem:
@@ -122,8 +124,9 @@ def test_a_missing_local_file_the_bank_names_asks_for_an_embedder(built: Path, t
         mem.add("x")
 
 
-def test_memr1s_default_may_still_be_fetched_for_a_bank_that_names_it(built: Path, tiny_embedder: Path,
-                                                                      hub: dict[str, Any]) -> None:  # fmt: skip
+def test_memr1s_default_may_still_be_fetched_for_a_bank_that_names_it(
+    built: Path, tiny_embedder: Path, hub: dict[str, Any]
+) -> None:
     """The default is memr1's choice, not the bank's: a new bank would fetch it just the same."""
     recording(built, DEFAULT_EMBEDDER)
     hub["serve"] = tiny_embedder
@@ -132,8 +135,9 @@ def test_memr1s_default_may_still_be_fetched_for_a_bank_that_names_it(built: Pat
     assert hub["downloads"] == [DEFAULT_EMBEDDER]
 
 
-def test_a_user_named_hub_model_is_still_downloaded(bank: Path, tiny_embedder: Path, hub: dict[str, Any],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_user_named_hub_model_is_still_downloaded(
+    bank: Path, tiny_embedder: Path, hub: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     hub["serve"] = tiny_embedder
     monkeypatch.setenv("MEMR1_EMBEDDER", HUB_REF)
     with Memory(bank) as mem:

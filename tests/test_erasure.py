@@ -46,10 +46,19 @@ def fill(mem: Memory) -> dict[str, list]:
     mem.observe(f"And {BOB_SECRET} is mine.", speaker="Bob", user="bob")
     for i in range(40):
         mem.add(f"{BOB_SECRET} likes coffee, note {i}", user="bob")
-    vectors = [r[0] for r in mem.store.query(
-        "SELECT embedding FROM vec_memories WHERE memory_id IN (SELECT id FROM memories WHERE user_id = ?)", (ALICE,))]  # fmt: skip
-    vectors += [r[0] for r in mem.store.query(
-        "SELECT embedding FROM turn_vectors WHERE turn_id IN (SELECT id FROM turns WHERE user_id = ?)", (ALICE,))]  # fmt: skip
+    vectors = [
+        r[0]
+        for r in mem.store.query(
+            "SELECT embedding FROM vec_memories WHERE memory_id IN (SELECT id FROM memories WHERE user_id = ?)",
+            (ALICE,),
+        )
+    ]
+    vectors += [
+        r[0]
+        for r in mem.store.query(
+            "SELECT embedding FROM turn_vectors WHERE turn_id IN (SELECT id FROM turns WHERE user_id = ?)", (ALICE,)
+        )
+    ]
     return {"ids": [ssn.id, pin.id, gone.id], "vectors": vectors}
 
 

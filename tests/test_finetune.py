@@ -36,16 +36,27 @@ pytestmark = pytest.mark.slow
 def workdir(tmp_path_factory, tiny_embedder):
     """Examples from two LoCoMo-shaped conversations (train and val), and the tiny policy."""
     root = tmp_path_factory.mktemp("finetune")
-    data.build([locomo_sample("conv-26"), locomo_sample("conv-30")], root / "data", manager=None,
-               embedder=tiny_embedder, progress=False)  # fmt: skip
+    data.build(
+        [locomo_sample("conv-26"), locomo_sample("conv-30")],
+        root / "data",
+        manager=None,
+        embedder=tiny_embedder,
+        progress=False,
+    )
     write_hf_chat_model(root / "policy")
     return root
 
 
 def settings(agent, workdir, tiny_embedder, tiny_chat) -> train.Settings:
-    return train.load_settings(agent, tiny=True, overrides={
-        "base_model": str(workdir / "policy"), "frozen_answerer": str(tiny_chat), "embedder": str(tiny_embedder),
-    })  # fmt: skip
+    return train.load_settings(
+        agent,
+        tiny=True,
+        overrides={
+            "base_model": str(workdir / "policy"),
+            "frozen_answerer": str(tiny_chat),
+            "embedder": str(tiny_embedder),
+        },
+    )
 
 
 def check_run(result, out, agent, workdir):
@@ -65,16 +76,24 @@ def check_run(result, out, agent, workdir):
 
 def test_grpo_step_of_the_manager(workdir, tiny_embedder, tiny_chat):
     out = workdir / "manager"
-    check_run(train.run("manager", settings("manager", workdir, tiny_embedder, tiny_chat), workdir / "data", out),
-              out, "manager", workdir)  # fmt: skip
+    check_run(
+        train.run("manager", settings("manager", workdir, tiny_embedder, tiny_chat), workdir / "data", out),
+        out,
+        "manager",
+        workdir,
+    )
 
 
 def test_grpo_step_of_the_answer_agent_then_export(workdir, tiny_embedder, tiny_chat):
     from safetensors.torch import load_file, save_file
 
     out = workdir / "answer"
-    check_run(train.run("answer", settings("answer", workdir, tiny_embedder, tiny_chat), workdir / "data", out),
-              out, "answer", workdir)  # fmt: skip
+    check_run(
+        train.run("answer", settings("answer", workdir, tiny_embedder, tiny_chat), workdir / "data", out),
+        out,
+        "answer",
+        workdir,
+    )
 
     # A random policy earns no reward, so its step leaves LoRA at zero and the merge would change nothing:
     # give the adapter weights, so that the export is seen to merge them.
@@ -99,5 +118,6 @@ def test_grpo_step_of_the_answer_agent_then_export(workdir, tiny_embedder, tiny_
     expected = base + scale * tensors[key.format("B")] @ tensors[key.format("A")]
     assert not torch.allclose(expected, base, atol=1e-3)
     gguf_v = next(t for t in GGUFReader(summary["f16"]).tensors if t.name == "blk.0.attn_v.weight")
-    np.testing.assert_allclose(np.asarray(gguf_v.data, dtype=np.float32).reshape(expected.shape), expected.numpy(),
-                               atol=2e-3, rtol=2e-3)  # fmt: skip
+    np.testing.assert_allclose(
+        np.asarray(gguf_v.data, dtype=np.float32).reshape(expected.shape), expected.numpy(), atol=2e-3, rtol=2e-3
+    )

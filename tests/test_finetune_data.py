@@ -34,7 +34,7 @@ def locomo_sample(sample_id: str = "conv-26") -> dict:
                     "dia_id": "D2:1",
                     "text": "I adopted another dog, Scout!",
                     "blip_caption": "a photo of a puppy",
-                },  # fmt: skip
+                },
                 {"speaker": "Audrey", "dia_id": "D2:2", "text": "Congratulations!"},
             ],
         },
@@ -44,14 +44,14 @@ def locomo_sample(sample_id: str = "conv-26") -> dict:
                 "answer": "Buddy and Scout",
                 "evidence": ["D1:1; D2:1"],
                 "category": 1,
-            },  # fmt: skip
+            },
             {"question": "When did Audrey go hiking?", "answer": "7 May 2023", "evidence": ["D1:2"], "category": 2},
             {
                 "question": "What is Audrey's dog called?",
                 "adversarial_answer": "Rex",
                 "evidence": ["D1:1"],
                 "category": 5,
-            },  # fmt: skip
+            },
         ],
     }
 
@@ -78,8 +78,10 @@ def test_examples_hold_what_observe_and_ask_see(tmp_path, tiny_embedder):
     ]
     first, _, third = managers
     assert first.related == [] and first.bank == []  # nothing was in the bank before the first turn
-    assert {m.text for m in third.related} == {"Andrew: I adopted a dog named Buddy.",
-                                               "Audrey: Lovely! I went hiking yesterday."}  # fmt: skip
+    assert {m.text for m in third.related} == {
+        "Andrew: I adopted a dog named Buddy.",
+        "Audrey: Lovely! I went hiking yesterday.",
+    }
     assert {m.id for m in third.related} <= {m.id for m in third.bank}
     assert third.at == datetime(2023, 6, 2, 10, 0) and third.session == "session_2" and third.speaker == "Andrew"
     assert third.text.endswith("[shares a photo: a photo of a puppy]")
@@ -95,8 +97,9 @@ def test_prompts_are_memr1s_own(tmp_path, tiny_embedder):
         managers, answers = data.build_conversation(locomo_sample(), mem, verbatim=True, progress=False)
     third, answer = managers[2], answers[0]
     related = [(m.id, m.text, m.at) for m in third.related]
-    assert third.messages() == prompts.manager_messages(third.text, speaker="Andrew", at=third.at, session="session_2",
-                                                        memories=prompts.shown_memories(related))  # fmt: skip
+    assert third.messages() == prompts.manager_messages(
+        third.text, speaker="Andrew", at=third.at, session="session_2", memories=prompts.shown_memories(related)
+    )
     memories = prompts.shown_memories([(m.id, m.text, m.at) for m in answer.memories])
     assert answer.messages() == prompts.answer_messages(answer.question, memories=memories, now=answer.asked_on)
     assert answer.messages()[0]["content"] == prompts.ANSWER_SYSTEM
@@ -114,14 +117,21 @@ def test_banks_are_built_by_the_manager(tmp_path, tiny_embedder):
         managers, answers = data.build_conversation(locomo_sample(), mem, progress=False)
     assert len(manager.calls) == 4
     # as stored: the parser writes out the date "yesterday" meant
-    assert {m.text for m in managers[2].related} == {"Andrew said I ADOPTED A DOG NAMED BUDDY.",
-                                                      "Audrey said LOVELY! I WENT HIKING YESTERDAY (7 May 2023)."}  # fmt: skip
+    assert {m.text for m in managers[2].related} == {
+        "Andrew said I ADOPTED A DOG NAMED BUDDY.",
+        "Audrey said LOVELY! I WENT HIKING YESTERDAY (7 May 2023).",
+    }
     assert "Audrey said CONGRATULATIONS!" in {m.text for m in answers[0].memories}
 
 
 def test_build_writes_each_split_and_loads_it_back(tmp_path, tiny_embedder):
-    counts = data.build([locomo_sample("conv-26"), locomo_sample("conv-30"), locomo_sample("conv-41")], tmp_path,
-                        manager=None, embedder=tiny_embedder, progress=False)  # fmt: skip
+    counts = data.build(
+        [locomo_sample("conv-26"), locomo_sample("conv-30"), locomo_sample("conv-41")],
+        tmp_path,
+        manager=None,
+        embedder=tiny_embedder,
+        progress=False,
+    )
     assert counts == {"train": {"answer": 2, "manager": 3}, "val": {"answer": 2, "manager": 3}}  # conv-41 is test
     assert sorted(p.name for p in (tmp_path / "banks").iterdir() if p.suffix == ".db") == ["conv-26.db", "conv-30.db"]
     loaded = data.load(tmp_path, "val", "manager")
@@ -151,8 +161,9 @@ def test_to_dataset_carries_prompt_and_example(tmp_path, tiny_embedder):
 @pytest.mark.slow
 def test_real_locomo_first_session(tmp_path, tiny_embedder):
     """The real file's evidence quirks ("D8:6; D9:17", ids that don't exist) go through; splits are the paper's."""
-    counts = data.build(locomo_data.load(LOCOMO), tmp_path, manager=None, embedder=tiny_embedder, max_sessions=1,
-                        progress=False)  # fmt: skip
+    counts = data.build(
+        locomo_data.load(LOCOMO), tmp_path, manager=None, embedder=tiny_embedder, max_sessions=1, progress=False
+    )
     assert set(counts) == {"train", "val"} and all(n > 0 for c in counts.values() for n in c.values())
     for split, conversation in (("train", "conv-26"), ("val", "conv-30")):
         managers = data.load(tmp_path, split, "manager")

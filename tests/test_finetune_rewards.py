@@ -17,8 +17,13 @@ HIKING = Mem(id=9, text="Audrey likes hiking.", at=datetime(2023, 5, 8, 13, 56))
 
 
 def answer_example() -> AnswerExample:
-    return AnswerExample(conversation="conv-26", question="What is the name of Andrew's dog?", answer="Buddy",
-                         category=4, memories=[BUDDY, HIKING])  # fmt: skip
+    return AnswerExample(
+        conversation="conv-26",
+        question="What is the name of Andrew's dog?",
+        answer="Buddy",
+        category=4,
+        memories=[BUDDY, HIKING],
+    )
 
 
 def reply(selected: list[int], answer: str) -> str:
@@ -51,8 +56,13 @@ def test_answer_reward_as_trl_calls_it():
         [{"role": "assistant", "content": reply([0], "Buddy")}],  # conversational prompts give messages
         reply([0], "Scout"),  # plain prompts give text
     ]
-    rewards = AnswerReward()(prompts=[[], []], completions=completions, example=[example, example],
-                             completion_ids=[[1], [2]], trainer_state=None)  # fmt: skip
+    rewards = AnswerReward()(
+        prompts=[[], []],
+        completions=completions,
+        example=[example, example],
+        completion_ids=[[1], [2]],
+        trainer_state=None,
+    )
     assert rewards == [1.0, 0.0]
     assert completion_text([{"role": "assistant", "content": "hi"}]) == "hi"
 
@@ -68,11 +78,18 @@ def test_answer_reward_rejects_bad_settings():
 
 
 def manager_example() -> ManagerExample:
-    return ManagerExample(conversation="conv-26", dia_id="D2:1", text="I adopted another dog, Scout!",
-                          speaker="Andrew", at=datetime(2023, 6, 2, 10, 0), session="session_2",
-                          asked_on=datetime(2023, 6, 2, 10, 0), related=[BUDDY], bank=[BUDDY, HIKING],
-                          questions=[Question(question="What are the names of Andrew's dogs?",
-                                              answer="Buddy and Scout", category=4)])  # fmt: skip
+    return ManagerExample(
+        conversation="conv-26",
+        dia_id="D2:1",
+        text="I adopted another dog, Scout!",
+        speaker="Andrew",
+        at=datetime(2023, 6, 2, 10, 0),
+        session="session_2",
+        asked_on=datetime(2023, 6, 2, 10, 0),
+        related=[BUDDY],
+        bank=[BUDDY, HIKING],
+        questions=[Question(question="What are the names of Andrew's dogs?", answer="Buddy and Scout", category=4)],
+    )
 
 
 def dog_namer(messages):
@@ -115,8 +132,11 @@ def test_manager_reward_starts_from_the_same_bank_each_time(tiny_embedder):
     reward = ManagerReward(ScriptedLLM(dog_namer), tiny_embedder)
     example = manager_example().model_dump_json()
     completions = [ops(("UPDATE", 0, "Andrew has two dogs, Buddy and Scout.")), ops(("NOOP", 0, "")), "nonsense"]
-    rewards = reward(prompts=[[]] * 3, completions=[[{"role": "assistant", "content": c}] for c in completions],
-                     example=[example] * 3)  # fmt: skip
+    rewards = reward(
+        prompts=[[]] * 3,
+        completions=[[{"role": "assistant", "content": c}] for c in completions],
+        example=[example] * 3,
+    )
     assert rewards == [1.0, 0.0, 0.0]  # the UPDATE did not leak into the NOOP's bank
 
 

@@ -49,16 +49,24 @@ def open_bank(tiny_embedder: Path) -> Callable[[Path], object]:
 @pytest.mark.parametrize(
     "statements",
     [
-        pytest.param(["CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)", "INSERT INTO users VALUES (1, 'a')"],
-                     id="users"),
+        pytest.param(
+            ["CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)", "INSERT INTO users VALUES (1, 'a')"], id="users"
+        ),
         pytest.param(["CREATE TABLE meta (k TEXT, v TEXT)"], id="its-own-meta"),
-        pytest.param(["CREATE TABLE migrations (id INTEGER PRIMARY KEY, migration TEXT, batch INTEGER)"],
-                     id="another-frameworks-migrations"),
-        pytest.param(["CREATE TABLE migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
-                      "INSERT INTO migrations VALUES (1, 'create users', 'today')"], id="lookalike-migrations"),
+        pytest.param(
+            ["CREATE TABLE migrations (id INTEGER PRIMARY KEY, migration TEXT, batch INTEGER)"],
+            id="another-frameworks-migrations",
+        ),
+        pytest.param(
+            [
+                "CREATE TABLE migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+                "INSERT INTO migrations VALUES (1, 'create users', 'today')",
+            ],
+            id="lookalike-migrations",
+        ),
         pytest.param(["CREATE VIEW v AS SELECT 1"], id="only-a-view"),
     ],
-)  # fmt: skip
+)
 def test_another_applications_database_is_refused_untouched(tmp_path: Path, open_bank, statements: list[str]) -> None:
     _assert_refused_untouched(_sqlite_file(tmp_path / "app.db", *statements), open_bank)
 
@@ -109,10 +117,14 @@ def _raised(call: Callable[[Path], object], path: Path) -> BaseException | None:
     [
         pytest.param(lambda p: p.touch(), id="empty-file"),
         pytest.param(lambda p: _sqlite_file(p, "PRAGMA user_version = 7"), id="sqlite-without-tables"),
-        pytest.param(lambda p: _sqlite_file(p, "CREATE TABLE migrations (version INTEGER PRIMARY KEY, "
-                                               "name TEXT NOT NULL, applied_at TEXT NOT NULL)"), id="creation-cut-short"),
+        pytest.param(
+            lambda p: _sqlite_file(
+                p, "CREATE TABLE migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            ),
+            id="creation-cut-short",
+        ),
     ],
-)  # fmt: skip
+)
 def test_an_empty_file_becomes_a_bank(tmp_path: Path, tiny_embedder: Path, make) -> None:
     path = tmp_path / "bank.db"
     make(path)

@@ -37,19 +37,57 @@ SQL = [
     "a\\",
     "🙂' UNION SELECT text FROM memories --",
 ]
-FTS = ['"', "fox*", "NOT fox", "fox AND dog", "fox OR", "NEAR(fox dog)", "text:fox", "^fox", "-fox", "+", "{text}: fox",
-       "(", "fox)", "'", '"fox', "AND", "*fox"]  # fmt: skip
+FTS = [
+    '"',
+    "fox*",
+    "NOT fox",
+    "fox AND dog",
+    "fox OR",
+    "NEAR(fox dog)",
+    "text:fox",
+    "^fox",
+    "-fox",
+    "+",
+    "{text}: fox",
+    "(",
+    "fox)",
+    "'",
+    '"fox',
+    "AND",
+    "*fox",
+]
 LONG = ["x" * 1_000_000, "y " * 40_000, "z" * 65_536, "é" * 65_537]
-ODD = ["\x00", "a\x00b", "\ud800", "a\udfffb", "\u2028", "\u202e rtl", "\ufeff", "\U0001f600" * 3, "\x7f\x85", " ", "",
-       "ǅǆ", "e\u0301", "\t\n\r"]  # fmt: skip
+ODD = [
+    "\x00",
+    "a\x00b",
+    "\ud800",
+    "a\udfffb",
+    "\u2028",
+    "\u202e rtl",
+    "\ufeff",
+    "\U0001f600" * 3,
+    "\x7f\x85",
+    " ",
+    "",
+    "ǅǆ",
+    "e\u0301",
+    "\t\n\r",
+]
 
 any_text = st.one_of(
     st.text(st.characters(), max_size=40),  # includes lone surrogates and NUL
     st.sampled_from(SQL + FTS + LONG + ODD),
 )
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), any_text)
-junk = st.one_of(scalars, st.binary(max_size=8), st.lists(scalars, max_size=3), st.dictionaries(any_text, scalars, max_size=3),
-                 st.datetimes(timezones=st.none() | st.timezones()), st.dates(), st.just(object()))  # fmt: skip
+junk = st.one_of(
+    scalars,
+    st.binary(max_size=8),
+    st.lists(scalars, max_size=3),
+    st.dictionaries(any_text, scalars, max_size=3),
+    st.datetimes(timezones=st.none() | st.timezones()),
+    st.dates(),
+    st.just(object()),
+)
 users = st.one_of(st.sampled_from(["alice", "bob"]), junk)
 dates = st.one_of(
     st.none(),
@@ -65,12 +103,16 @@ dates = st.one_of(
             "9999-12-31T23:59:59-14:00",
             "2023-05-08T25:00",
         ]
-    ),  # fmt: skip
+    ),
     st.datetimes(timezones=st.none() | st.timezones()),
     junk,
 )
 keys = st.one_of(st.from_regex(r"[A-Za-z_][A-Za-z0-9_.\-]{0,8}", fullmatch=True), any_text, st.integers())
-json_values = st.recursive(scalars | st.integers(min_value=-(2**70), max_value=2**70), lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3), max_leaves=8)  # fmt: skip
+json_values = st.recursive(
+    scalars | st.integers(min_value=-(2**70), max_value=2**70),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
+    max_leaves=8,
+)
 metadata = st.one_of(st.none(), st.dictionaries(keys, json_values, max_size=3), junk)
 ids = st.one_of(st.integers(-3, 40), st.sampled_from([2**63 - 1, 2**63, 2**70, -(2**70)]), junk)
 small = st.one_of(st.integers(-2, 1200), junk)
@@ -84,7 +126,7 @@ calls = st.one_of(
         st.fixed_dictionaries(
             {"memory_id": ids, "text": any_text, "user": st.none() | users, "at": dates, "metadata": metadata}
         ),
-    ),  # fmt: skip
+    ),
     st.tuples(st.just("delete"), st.fixed_dictionaries({"memory_id": ids, "user": st.none() | users})),
     st.tuples(st.just("get"), st.fixed_dictionaries({"memory_id": ids, "user": st.none() | users})),
     st.tuples(st.just("history"), st.fixed_dictionaries({"memory_id": ids, "user": st.none() | users})),
@@ -93,7 +135,7 @@ calls = st.one_of(
         st.fixed_dictionaries(
             {"user": st.none() | users, "limit": st.none() | small, "offset": small, "filters": metadata}
         ),
-    ),  # fmt: skip
+    ),
     st.tuples(
         st.just("search"),
         st.fixed_dictionaries(
@@ -107,7 +149,7 @@ calls = st.one_of(
                 "mode": st.sampled_from(["hybrid", "vector", "text", "x", None]),
             }
         ),
-    ),  # fmt: skip
+    ),
     st.tuples(st.just("delete_all"), st.fixed_dictionaries({"user": users})),
     st.tuples(
         st.just("observe"),
@@ -121,14 +163,14 @@ calls = st.one_of(
                 "metadata": metadata,
             }
         ),
-    ),  # fmt: skip
+    ),
     st.tuples(st.just("ask"), st.fixed_dictionaries({"question": any_text, "user": users, "k": small, "now": dates})),
     st.tuples(
         st.just("export"),
         st.fixed_dictionaries(
             {"path": junk | st.sampled_from(["OUT", "/nonexistent/x.jsonl", "."]), "user": st.none() | users}
         ),
-    ),  # fmt: skip
+    ),
     st.tuples(
         st.just("import_jsonl"),
         st.fixed_dictionaries({"path": junk | st.sampled_from(["OUT", "/nonexistent/x.jsonl", "."])}),
@@ -146,13 +188,20 @@ def _replies(messages) -> dict:
 
 
 def _state(mem: Memory) -> tuple:
-    return tuple(tuple(r) for r in mem.store.query(
-        "SELECT (SELECT count(*) FROM memories), (SELECT count(*) FROM history), (SELECT count(*) FROM turns), "
-        "(SELECT coalesce(max(id), 0) FROM history)"))  # fmt: skip
+    return tuple(
+        tuple(r)
+        for r in mem.store.query(
+            "SELECT (SELECT count(*) FROM memories), (SELECT count(*) FROM history), (SELECT count(*) FROM turns), "
+            "(SELECT coalesce(max(id), 0) FROM history)"
+        )
+    )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(sequence=st.lists(calls, min_size=1, max_size=8))
 def test_the_api_answers_anything_with_a_result_or_a_memr1_error(
     tmp_path_factory, tiny_embedder: Path, sequence
@@ -275,8 +324,10 @@ def shared(tmp_path_factory, tiny_embedder: Path):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(texts=st.lists(st.lists(st.sampled_from(VOCAB), min_size=1, max_size=4), min_size=1, max_size=8),
-       query=st.lists(st.sampled_from(VOCAB + SYNTAX), min_size=1, max_size=8))  # fmt: skip
+@given(
+    texts=st.lists(st.lists(st.sampled_from(VOCAB), min_size=1, max_size=4), min_size=1, max_size=8),
+    query=st.lists(st.sampled_from(VOCAB + SYNTAX), min_size=1, max_size=8),
+)
 def test_fts5_syntax_in_a_query_neither_errors_nor_changes_its_meaning(shared: Memory, texts, query) -> None:
     """A text search means "memories holding any of these words", whatever operators or quotes surround them."""
     user = f"fts-{len(shared.list(user=None))}"  # a fresh scope per example, in one bank
@@ -332,8 +383,16 @@ def test_metadata_that_sqlite_json_cannot_read_is_refused(mem: Memory) -> None:
     for _ in range(2000):
         cursor["a"] = {}
         cursor = cursor["a"]
-    for bad in ({"d": deep}, {"n": 2**63}, {"n": [-(2**63) - 1]}, {"k": {1: "int key"}}, {"k": (1, 2)},
-                {"k": float("nan")}, {"k": "x" * 70_000}, {"k": b"bytes"}):  # fmt: skip
+    for bad in (
+        {"d": deep},
+        {"n": 2**63},
+        {"n": [-(2**63) - 1]},
+        {"k": {1: "int key"}},
+        {"k": (1, 2)},
+        {"k": float("nan")},
+        {"k": "x" * 70_000},
+        {"k": b"bytes"},
+    ):
         with pytest.raises(InvalidInput):
             mem.add("fact", metadata=bad)
         with pytest.raises(InvalidInput):
@@ -413,19 +472,34 @@ cli_text = st.one_of(
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=cli_text, user=cli_text, at=st.none() | cli_text, meta=st.none() | cli_text | st.sampled_from(
-    ['{"a": 1}', "[1]", "null", '{"bad key": 1}', '{"a": 1e999}', '{"a": "\\ud800"}', '{"n": 99999999999999999999}']),
-    k=st.sampled_from(["0", "5", "-1", "x", "1001"]), mode=st.sampled_from(["hybrid", "text", "magic"]))  # fmt: skip
-def test_the_cli_answers_anything_with_a_result_or_one_clear_line(tmp_path_factory, tiny_embedder: Path, text, user,
-                                                                  at, meta, k, mode) -> None:  # fmt: skip
+@given(
+    text=cli_text,
+    user=cli_text,
+    at=st.none() | cli_text,
+    meta=st.none()
+    | cli_text
+    | st.sampled_from(
+        ['{"a": 1}', "[1]", "null", '{"bad key": 1}', '{"a": 1e999}', '{"a": "\\ud800"}', '{"n": 99999999999999999999}']
+    ),
+    k=st.sampled_from(["0", "5", "-1", "x", "1001"]),
+    mode=st.sampled_from(["hybrid", "text", "magic"]),
+)
+def test_the_cli_answers_anything_with_a_result_or_one_clear_line(
+    tmp_path_factory, tiny_embedder: Path, text, user, at, meta, k, mode
+) -> None:
     db = ["--db", str(tmp_path_factory.mktemp("cli") / "c.db"), "--embedder", str(tiny_embedder)]
     options = ["--user", user, *db] + (["--at", at] if at is not None else []) + (["--metadata", meta] if meta else [])
     added = invoke("add", *options, "--", text)  # after "--", a text such as "--db" stays a text
     if added.exit_code == 0:
         assert "added #" in added.output
-    for args in (["search", "-k", k, "--user", user, "--mode", mode, *db, "--", text], ["list", "--user", user, *db],
-                 ["history", *db, "1"], ["delete", *db, "1"], ["stats", "--json", *db],
-                 ["export", *db, "/nonexistent/dir/x.jsonl"]):  # fmt: skip
+    for args in (
+        ["search", "-k", k, "--user", user, "--mode", mode, *db, "--", text],
+        ["list", "--user", user, *db],
+        ["history", *db, "1"],
+        ["delete", *db, "1"],
+        ["stats", "--json", *db],
+        ["export", *db, "/nonexistent/dir/x.jsonl"],
+    ):
         result = invoke(*args)
         assert result.exit_code in (0, 1, 2)
         if result.exit_code:
@@ -454,6 +528,19 @@ def test_cli_ingest_and_import_of_hostile_files(tmp_path: Path, tiny_embedder: P
 
 def test_non_utf8_arguments_from_the_shell_are_a_clear_error(tmp_path: Path, tiny_embedder: Path) -> None:
     """On POSIX, undecodable argv bytes arrive as lone surrogates (surrogateescape)."""
-    result = subprocess.run([sys.executable, "-m", "memr1", "add", b"caf\xe9 au lait", "--db", str(tmp_path / "c.db"),
-                             "--embedder", str(tiny_embedder)], capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "memr1",
+            "add",
+            b"caf\xe9 au lait",
+            "--db",
+            str(tmp_path / "c.db"),
+            "--embedder",
+            str(tiny_embedder),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "InvalidInput" in result.stderr and "Traceback" not in result.stderr

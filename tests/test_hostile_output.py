@@ -31,15 +31,30 @@ def test_random_weight_adversaries_get_valid_ops_or_a_clean_refusal(tmp_path: Pa
 
 @pytest.mark.parametrize(
     "reply",
-    ["", " ", "\x00", "{", '{"facts": [', '{"facts": null}', '{"facts": [{"event": "ADD"}]}', "[]",
-     '{"facts": [{"event": "ADD", "fact": "x"}], "extra": 1}', '"just a string"', "NaN", "1e999",
-     '{"facts": [{"event": "DROP", "id": 0, "fact": "x"}]}', "\ud800", '{"facts": []}' * 2,
-     '{"operations": []}'],
-)  # fmt: skip
+    [
+        "",
+        " ",
+        "\x00",
+        "{",
+        '{"facts": [',
+        '{"facts": null}',
+        '{"facts": [{"event": "ADD"}]}',
+        "[]",
+        '{"facts": [{"event": "ADD", "fact": "x"}], "extra": 1}',
+        '"just a string"',
+        "NaN",
+        "1e999",
+        '{"facts": [{"event": "DROP", "id": 0, "fact": "x"}]}',
+        "\ud800",
+        '{"facts": []}' * 2,
+        '{"operations": []}',
+    ],
+)
 def test_empty_and_malformed_replies_are_refused_cleanly(bank: Path, tiny_embedder: Path, reply: str, caplog) -> None:
     """The same through the scripted backend, for outputs a grammar would never let through (other servers may)."""
-    with Memory(bank, embedder=tiny_embedder, manager=ScriptedLLM([reply] * 3),
-                answerer=ScriptedLLM([reply] * 3)) as mem:  # fmt: skip
+    with Memory(
+        bank, embedder=tiny_embedder, manager=ScriptedLLM([reply] * 3), answerer=ScriptedLLM([reply] * 3)
+    ) as mem:
         mem.add("a fact about a dog", user="u")
         before = mem.stats()
         with pytest.raises(ModelOutputError) as refused:

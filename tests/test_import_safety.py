@@ -48,8 +48,9 @@ def _assert_whole(mem: Memory) -> None:
 
 def test_concatenated_exports_keep_each_banks_ids_apart(tmp_path: Path, tiny_embedder: Path) -> None:
     """`cat a.jsonl b.jsonl`: both banks number from 1; each header starts a new numbering."""
-    both = _concatenate(tmp_path / "all.jsonl", _export_of(tmp_path, tiny_embedder, "alice"),
-                        _export_of(tmp_path, tiny_embedder, "bob"))  # fmt: skip
+    both = _concatenate(
+        tmp_path / "all.jsonl", _export_of(tmp_path, tiny_embedder, "alice"), _export_of(tmp_path, tiny_embedder, "bob")
+    )
     with Memory(tmp_path / "c.db", embedder=tiny_embedder) as mem:
         assert mem.import_jsonl(both) == 4
         _assert_whole(mem)

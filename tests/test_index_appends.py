@@ -29,8 +29,11 @@ def live(index: VectorIndex) -> dict[int, tuple[bytes, int, float]]:
     """What the index holds per memory id: its float16 vector, user and time."""
     r = index._rows
     users = {code: user for user, code in index._users.items()}
-    return {int(r.ids[i]): (r.vecs[i].tobytes(), users[int(r.users[i])], float(r.ts[i]))
-            for i in range(len(r.ids)) if held(r)[i]}  # fmt: skip
+    return {
+        int(r.ids[i]): (r.vecs[i].tobytes(), users[int(r.users[i])], float(r.ts[i]))
+        for i in range(len(r.ids))
+        if held(r)[i]
+    }
 
 
 def held(r) -> np.ndarray:
@@ -189,8 +192,12 @@ def test_updates_and_deletes_from_another_process_are_seen(bank: Path) -> None:
 def add_turns(mem: Memory, user: str, texts: list[str]) -> list[int]:
     vectors = mem.embedder.embed(texts)
     with mem.store.write() as conn:
-        return [mem.store.add_turn(conn, user=user, text=t, speaker=None, session="s", at=None, metadata={},
-                                   vector=v.tobytes()) for t, v in zip(texts, vectors)]  # fmt: skip
+        return [
+            mem.store.add_turn(
+                conn, user=user, text=t, speaker=None, session="s", at=None, metadata={}, vector=v.tobytes()
+            )
+            for t, v in zip(texts, vectors)
+        ]
 
 
 def test_turn_appends_are_amortised(bank: Path) -> None:

@@ -61,12 +61,19 @@ def test_parse_rate_over_many_seeds(tmp_path: Path, tiny_chat: Path, tiny_embedd
     results = {"manager": 0, "answer": 0}
     for seed in range(40):
         llm.seed = seed
-        m = llm.complete(prompts.manager_messages(f"turn {seed}", speaker="A", at=None, session=None, memories=shown),
-                         prompts.MANAGER_SCHEMA, parse=lambda raw: prompts.parse_manager(raw, shown, db_ids))  # fmt: skip
+        m = llm.complete(
+            prompts.manager_messages(f"turn {seed}", speaker="A", at=None, session=None, memories=shown),
+            prompts.MANAGER_SCHEMA,
+            parse=lambda raw: prompts.parse_manager(raw, shown, db_ids),
+        )
         assert all(op.memory_id is None or op.memory_id in db_ids for op in m.value.ops)
         results["manager"] += 1
-        a = llm.complete(prompts.answer_messages(f"question {seed}?", memories=shown), prompts.ANSWER_SCHEMA,
-                         parse=lambda raw: prompts.parse_answer(raw, shown, db_ids), max_tokens=256)  # fmt: skip
+        a = llm.complete(
+            prompts.answer_messages(f"question {seed}?", memories=shown),
+            prompts.ANSWER_SCHEMA,
+            parse=lambda raw: prompts.parse_answer(raw, shown, db_ids),
+            max_tokens=256,
+        )
         assert set(a.value[1]) <= set(db_ids)
         assert a.prompt_tokens > 0 and a.completion_tokens > 0
         results["answer"] += 1
@@ -96,8 +103,12 @@ def test_context_comes_from_the_model_not_512(tiny_chat: Path) -> None:
 def test_both_agents_fit_their_prompt_to_a_small_context(tmp_path: Path, tiny_chat: Path, tiny_embedder: Path) -> None:
     """Memories that overflow the context are dropped lowest-ranked first instead of failing the call."""
     small = {"max_ctx": 2048, "retries": 0}
-    with Memory(tmp_path / "b.db", embedder=tiny_embedder, manager=LlamaCpp(tiny_chat, slot="fit-m", **small),
-                answerer=LlamaCpp(tiny_chat, slot="fit-a", **small)) as mem:  # fmt: skip
+    with Memory(
+        tmp_path / "b.db",
+        embedder=tiny_embedder,
+        manager=LlamaCpp(tiny_chat, slot="fit-m", **small),
+        answerer=LlamaCpp(tiny_chat, slot="fit-a", **small),
+    ) as mem:
         for i in range(10):
             mem.add(f"long memory {i}: " + "the dog went to the park again and again. " * 12, user="u")
         mem.observe("the dog went to the park", user="u")  # 10 related memories: ~5,000 byte tokens

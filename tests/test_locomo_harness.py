@@ -20,10 +20,33 @@ def run(tmp_path_factory: pytest.TempPathFactory, tiny_embedder: Path):
     out = tmp_path_factory.mktemp("locomo")
     # seed 5's random weights happen to emit ADDs (and some unusable output), so the bank is not empty
     tiny_chat = write_chat_model(out / "tiny-chat-5.gguf", seed=5)
-    argv = ["--data", str(LOCOMO), "--out", str(out), "--conversations", "conv-26", "--max-sessions", "1",
-            "--limit", "2", "--method", "all", "--manager", str(tiny_chat), "--answerer", str(tiny_chat),
-            "--embedder", str(tiny_embedder), "--judge", str(tiny_chat), "--max-ctx", "2048", "--quiet",
-            "--sources", "both"]  # fmt: skip
+    argv = [
+        "--data",
+        str(LOCOMO),
+        "--out",
+        str(out),
+        "--conversations",
+        "conv-26",
+        "--max-sessions",
+        "1",
+        "--limit",
+        "2",
+        "--method",
+        "all",
+        "--manager",
+        str(tiny_chat),
+        "--answerer",
+        str(tiny_chat),
+        "--embedder",
+        str(tiny_embedder),
+        "--judge",
+        str(tiny_chat),
+        "--max-ctx",
+        "2048",
+        "--quiet",
+        "--sources",
+        "both",
+    ]
     assert locomo.main(argv) == 0
     return out, argv
 
@@ -78,8 +101,14 @@ def test_a_rerun_resumes_instead_of_redoing(run) -> None:
     assert locomo.main(argv) == 0
     assert [p.read_text() for p in logs] == before
     with pytest.raises(SystemExit, match="made with"):  # other models would blend two runs' results
-        locomo.main([*argv[: argv.index("--answerer")], "--answerer", str(out / "other.gguf"),
-                     *argv[argv.index("--answerer") + 2 :]])  # fmt: skip
+        locomo.main(
+            [
+                *argv[: argv.index("--answerer")],
+                "--answerer",
+                str(out / "other.gguf"),
+                *argv[argv.index("--answerer") + 2 :],
+            ]
+        )
 
 
 def test_a_line_cut_by_a_kill_is_dropped_and_redone(tmp_path: Path) -> None:

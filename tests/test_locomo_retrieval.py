@@ -45,8 +45,12 @@ def _conversation(sample_id: str, turns: list[str], qa: list[dict]) -> dict:
             for i, text in enumerate(part)
         ]
     facts = {"Ann": [[f"Ann said: {turns[0]}", "D1:1"], [f"Ann recalled {turns[1]}", ["D1:1", "D1:2"]]]}
-    return {"sample_id": sample_id, "conversation": {"speaker_a": "Bob", "speaker_b": "Ann", **sessions},
-            "observation": {"session_1_observation": facts}, "qa": qa}  # fmt: skip
+    return {
+        "sample_id": sample_id,
+        "conversation": {"speaker_a": "Bob", "speaker_b": "Ann", **sessions},
+        "observation": {"session_1_observation": facts},
+        "qa": qa,
+    }
 
 
 TURNS = [
@@ -70,7 +74,7 @@ def tiny_locomo(tmp_path: Path) -> Path:
             "answer": "x",
             "evidence": ["D2:1; D2:2", "D9:9"],
             "category": 1,
-        },  # fmt: skip
+        },
         {"question": "Portuguese verbs?", "answer": "x", "evidence": [], "category": 3},
         {"question": "oboe?", "adversarial_answer": "x", "evidence": ["D1:3"], "category": 5},
     ]
@@ -85,14 +89,32 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_report_on_a_hand_checkable_bank(tiny_locomo: Path, tiny_embedder: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    args = ["--data", str(tiny_locomo), "--embedder", str(tiny_embedder), "--cache", str(tmp_path / "cache"),
-            "--k", "1,2,6", "--out", str(tmp_path / "out")]  # fmt: skip
+def test_report_on_a_hand_checkable_bank(
+    tiny_locomo: Path, tiny_embedder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "--data",
+        str(tiny_locomo),
+        "--embedder",
+        str(tiny_embedder),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--k",
+        "1,2,6",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     report = _run(args, capsys)
     assert list(report["results"]) == ["train", "val", "train+val", "test", "all"]
-    assert report["evidence"] == {"ids": 15, "repaired": 9, "unknown": 3, "unreadable": 0, "no_evidence": 3,
-                                  "questions": 9, "reachable": 1.0}  # fmt: skip
+    assert report["evidence"] == {
+        "ids": 15,
+        "repaired": 9,
+        "unknown": 3,
+        "unreadable": 0,
+        "no_evidence": 3,
+        "questions": 9,
+        "reachable": 1.0,
+    }
     for group in report["results"].values():
         assert list(group) == ["vector", "text", "hybrid-rrf", "hybrid"]
         for mode, block in group.items():
@@ -113,10 +135,26 @@ def test_report_on_a_hand_checkable_bank(tiny_locomo: Path, tiny_embedder: Path,
     assert all(block["recall"]["6"] == 1.0 for block in again["results"]["test"].values())
 
 
-def test_observations_source_maps_facts_to_their_turns(tiny_locomo: Path, tiny_embedder: Path, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    report = _run(["--data", str(tiny_locomo), "--embedder", str(tiny_embedder), "--cache", str(tmp_path),
-                   "--source", "observations", "--conversations", "conv-41", "--k", "2"], capsys)  # fmt: skip
+def test_observations_source_maps_facts_to_their_turns(
+    tiny_locomo: Path, tiny_embedder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _run(
+        [
+            "--data",
+            str(tiny_locomo),
+            "--embedder",
+            str(tiny_embedder),
+            "--cache",
+            str(tmp_path),
+            "--source",
+            "observations",
+            "--conversations",
+            "conv-41",
+            "--k",
+            "2",
+        ],
+        capsys,
+    )
     # two facts cite D1:1 and D1:2; the other evidence is in no fact, so it can never be found
     assert report["evidence"]["reachable"] == pytest.approx(2 / 4)
     hybrid = report["results"]["test"]["hybrid"]["by_category"]
@@ -125,10 +163,28 @@ def test_observations_source_maps_facts_to_their_turns(tiny_locomo: Path, tiny_e
 
 
 @needs_locomo
-def test_real_slice_with_the_tiny_embedder(tiny_embedder: Path, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    report = _run(["--data", str(LOCOMO), "--embedder", str(tiny_embedder), "--cache", str(tmp_path),
-                   "--conversations", "conv-26", "--sessions", "2", "--max-questions", "6", "--k", "1,5,60"], capsys)  # fmt: skip
+def test_real_slice_with_the_tiny_embedder(
+    tiny_embedder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _run(
+        [
+            "--data",
+            str(LOCOMO),
+            "--embedder",
+            str(tiny_embedder),
+            "--cache",
+            str(tmp_path),
+            "--conversations",
+            "conv-26",
+            "--sessions",
+            "2",
+            "--max-questions",
+            "6",
+            "--k",
+            "1,5,60",
+        ],
+        capsys,
+    )
     assert report["config"]["conversations"] == ["conv-26"] and report["evidence"]["questions"] == 6
     modes = report["results"]["train"]
     for block in modes.values():
@@ -175,12 +231,14 @@ def test_ensure_data_over_http(tmp_path: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        got = locomo_data.ensure_data(tmp_path / "absent.json", url=f"{base}/locomo10.json", sha256=digest,
-                                      cache=tmp_path / "cache")  # fmt: skip
+        got = locomo_data.ensure_data(
+            tmp_path / "absent.json", url=f"{base}/locomo10.json", sha256=digest, cache=tmp_path / "cache"
+        )
         assert json.loads(got.read_text())[0]["sample_id"] == "conv-1"
         with pytest.raises(ValueError, match="not LoCoMo data"):
-            locomo_data.ensure_data(tmp_path / "absent.json", url=f"{base}/not-locomo.json", sha256=None,
-                                    cache=tmp_path / "cache")  # fmt: skip
+            locomo_data.ensure_data(
+                tmp_path / "absent.json", url=f"{base}/not-locomo.json", sha256=None, cache=tmp_path / "cache"
+            )
         with pytest.raises(FileNotFoundError):
             locomo_data.ensure_data(tmp_path / "absent.json", url=f"{base}/missing.json", cache=tmp_path / "c2")
     finally:

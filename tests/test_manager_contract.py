@@ -42,8 +42,10 @@ def test_llama_cpp_compiles_the_per_call_grammars(tiny_chat: Path) -> None:
 
 
 def test_the_speaker_is_named_and_relative_dates_are_written_out() -> None:
-    out = plan([{"fact": "I went to a support group yesterday.", "event": "ADD"}],
-               turn="I went to a support group yesterday, it was so powerful.")  # fmt: skip
+    out = plan(
+        [{"fact": "I went to a support group yesterday.", "event": "ADD"}],
+        turn="I went to a support group yesterday, it was so powerful.",
+    )
     assert [op.text for op in out.ops] == ["Andrew went to a support group yesterday (7 May 2023)."]
     cases = {
         "I'm flying to Tokyo tomorrow": "Andrew is flying to Tokyo tomorrow (9 May 2023)",
@@ -69,8 +71,14 @@ def test_a_fact_is_one_sentence_of_the_turn() -> None:
 def test_duplicates_collapse_and_a_fact_already_held_is_a_noop() -> None:
     twice = plan([{"fact": "Andrew adopted a dog named Buddy.", "event": "ADD"}] * 2)
     assert [op.event for op in twice.ops] == ["ADD"] and twice.noops == [None]
-    held = plan([{"fact": "Andrew adopted a dog named Buddy!", "event": "ADD"},
-                 {"fact": "Andrew adopted Buddy.", "event": "UPDATE", "id": 0}], BUDDY, [41])  # fmt: skip
+    held = plan(
+        [
+            {"fact": "Andrew adopted a dog named Buddy!", "event": "ADD"},
+            {"fact": "Andrew adopted Buddy.", "event": "UPDATE", "id": 0},
+        ],
+        BUDDY,
+        [41],
+    )
     assert held.ops == [] and held.noops == [41, 41] and held.dropped == []
 
 
@@ -80,21 +88,35 @@ def test_an_update_never_loses_a_name_the_memory_held() -> None:
     assert [(op.event, op.memory_id, op.text) for op in merged.ops] == [
         ("UPDATE", 41, "Andrew adopted a dog named Buddy. Andrew adopted another dog, Scout!")
     ]
-    kept = plan([{"fact": "Andrew adopted a dog named Buddy, and Scout.", "event": "UPDATE", "id": 0}], BUDDY, [41],
-                turn)  # fmt: skip
+    kept = plan(
+        [{"fact": "Andrew adopted a dog named Buddy, and Scout.", "event": "UPDATE", "id": 0}], BUDDY, [41], turn
+    )
     assert [op.text for op in kept.ops] == ["Andrew adopted a dog named Buddy, and Scout."]
     banker = prompts.shown_memories([(5, "Jon lost his job as a banker.", AT)])
-    lossy = prompts.parse_manager({"facts": [{"fact": "Jon lost his job at Door Dash.", "event": "UPDATE", "id": 0}]},
-                                  banker, [5], turn="I lost my job at Door Dash.", speaker="Gina", at=AT)  # fmt: skip
+    lossy = prompts.parse_manager(
+        {"facts": [{"fact": "Jon lost his job at Door Dash.", "event": "UPDATE", "id": 0}]},
+        banker,
+        [5],
+        turn="I lost my job at Door Dash.",
+        speaker="Gina",
+        at=AT,
+    )
     assert [op.text for op in lossy.ops] == ["Jon lost his job as a banker. Jon lost his job at Door Dash."]
 
 
 def test_delete_stores_the_fact_that_replaced_the_memory_and_ids_must_have_been_shown() -> None:
     vegetarian = prompts.shown_memories([(7, "Andrew is vegetarian.", AT)])
     turn = "I started eating meat again."
-    out = plan([{"fact": "Andrew is no longer vegetarian, he eats meat.", "event": "DELETE", "id": 0},
-                {"fact": "Andrew stopped being vegetarian and eats meat.", "event": "UPDATE", "id": 0},
-                {"fact": "Andrew eats meat.", "event": "DELETE", "id": 5}], vegetarian, [7], turn)  # fmt: skip
+    out = plan(
+        [
+            {"fact": "Andrew is no longer vegetarian, he eats meat.", "event": "DELETE", "id": 0},
+            {"fact": "Andrew stopped being vegetarian and eats meat.", "event": "UPDATE", "id": 0},
+            {"fact": "Andrew eats meat.", "event": "DELETE", "id": 5},
+        ],
+        vegetarian,
+        [7],
+        turn,
+    )
     assert [(op.event, op.memory_id, op.text) for op in out.ops] == [
         ("DELETE", 7, ""),
         ("ADD", None, "Andrew is no longer vegetarian, he eats meat."),
@@ -107,9 +129,19 @@ def test_a_change_to_an_unrelated_memory_is_an_add() -> None:
     """Measured on Qwen2.5-Coder-1.5B (LoCoMo conv-30): it deleted "Jon lost his job" to store "Gina lost hers"."""
     met = prompts.shown_memories([(3, "Gina met Jon on Friday.", AT)])
     turn = "I'm starting a dance studio, I love dancing."
-    out = prompts.parse_manager({"facts": [{"fact": "Jon is starting a dance studio.", "event": "DELETE", "id": 0},
-                                           {"fact": "Jon loves dancing.", "event": "UPDATE", "id": 0}]},
-                                met, [3], turn=turn, speaker="Jon", at=AT)  # fmt: skip
+    out = prompts.parse_manager(
+        {
+            "facts": [
+                {"fact": "Jon is starting a dance studio.", "event": "DELETE", "id": 0},
+                {"fact": "Jon loves dancing.", "event": "UPDATE", "id": 0},
+            ]
+        },
+        met,
+        [3],
+        turn=turn,
+        speaker="Jon",
+        at=AT,
+    )
     assert [(op.event, op.memory_id) for op in out.ops] == [("ADD", None), ("ADD", None)]
 
 
@@ -182,8 +214,10 @@ def test_turns_of_a_bank_from_before_are_searchable_after_the_upgrade(bank: Path
         for statement in _statements(_MIGRATIONS[0][2]):
             conn.execute(statement)
         conn.execute("INSERT INTO migrations VALUES (1, 'initial schema', '2026-01-01')")
-        conn.execute("INSERT INTO turns (user_id, speaker, text, created_at) VALUES "
-                     "('c', 'Caroline', 'I adopted a parrot named Kiwi.', '2026-01-01')")  # fmt: skip
+        conn.execute(
+            "INSERT INTO turns (user_id, speaker, text, created_at) VALUES "
+            "('c', 'Caroline', 'I adopted a parrot named Kiwi.', '2026-01-01')"
+        )
     seen = []
     answerer = ScriptedLLM(lambda m: seen.append(prompt_data(m, "MEMORIES")) or {"selected": [0], "answer": "Kiwi"})
     with Memory(bank, embedder=tiny_embedder, answerer=answerer) as mem:

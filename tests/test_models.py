@@ -122,16 +122,22 @@ def test_a_pin_refuses_another_file_for_every_role(tmp_path: Path, tiny_embedder
     wrong = "0" * 64
     with pytest.raises(ModelNotAvailable, match="refusing to load"):
         Memory(tmp_path / "a.db", embedder=f"{tiny_embedder}@sha256:{wrong}")
-    with Memory(tmp_path / "b.db", embedder=tiny_embedder, manager=f"{tiny_chat}@sha256:{wrong}",
-                answerer=LlamaCpp(tiny_chat, sha256=wrong)) as mem:  # fmt: skip
+    with Memory(
+        tmp_path / "b.db",
+        embedder=tiny_embedder,
+        manager=f"{tiny_chat}@sha256:{wrong}",
+        answerer=LlamaCpp(tiny_chat, sha256=wrong),
+    ) as mem:
         mem.add("a fact")
         before = mem.stats()
         for call in (lambda: mem.observe("hello"), lambda: mem.ask("a fact?", sources="memories")):
             with pytest.raises(ModelNotAvailable, match="refusing to load"):
                 call()
         assert mem.stats() == before
-    pinned = {"embedder": f"{tiny_embedder}@sha256:{_sha(tiny_embedder)}",
-              "manager": LlamaCpp(tiny_chat, sha256=_sha(tiny_chat).upper(), retries=0, max_tokens=16, slot="pin")}  # fmt: skip
+    pinned = {
+        "embedder": f"{tiny_embedder}@sha256:{_sha(tiny_embedder)}",
+        "manager": LlamaCpp(tiny_chat, sha256=_sha(tiny_chat).upper(), retries=0, max_tokens=16, slot="pin"),
+    }
     with Memory(tmp_path / "c.db", **pinned) as mem:
         try:
             mem.observe("hello")
@@ -143,9 +149,15 @@ def test_a_pin_refuses_another_file_for_every_role(tmp_path: Path, tiny_embedder
 
 @pytest.mark.parametrize(
     ("ref", "sha256", "message"),
-    [("{e}@sha256:abc", None, "64 hex digits"), ("{e}@sha256:", None, "64 hex digits"), ("{e}", "xyz", "64 hex digits"),
-     ("{e}@sha256:{good}", "0" * 64, "two different"), ("", None, "non-empty"), ("a\x00b.gguf", None, "non-empty")],
-)  # fmt: skip
+    [
+        ("{e}@sha256:abc", None, "64 hex digits"),
+        ("{e}@sha256:", None, "64 hex digits"),
+        ("{e}", "xyz", "64 hex digits"),
+        ("{e}@sha256:{good}", "0" * 64, "two different"),
+        ("", None, "non-empty"),
+        ("a\x00b.gguf", None, "non-empty"),
+    ],
+)
 def test_malformed_pins_are_refused_never_ignored(tiny_embedder: Path, ref: str, sha256, message: str) -> None:
     ref = ref.format(e=tiny_embedder, good=_sha(tiny_embedder))
     with pytest.raises(ModelNotAvailable, match=message):
@@ -229,13 +241,20 @@ for line in sys.stdin:
 """
 
 
-def test_corrupt_and_truncated_files_are_a_clear_error_not_a_crash(tmp_path: Path, tiny_embedder: Path,
-                                                                   tiny_chat: Path) -> None:  # fmt: skip
+def test_corrupt_and_truncated_files_are_a_clear_error_not_a_crash(
+    tmp_path: Path, tiny_embedder: Path, tiny_chat: Path
+) -> None:
     """Each file below made llama.cpp abort() the process, hang, or raise a foreign error before memr1 vetted
     model files. Loading runs in a child here, so that a regression fails this test instead of killing pytest."""
     emb, chat = tiny_embedder.read_bytes(), tiny_chat.read_bytes()
-    raw = {"empty": b"", "magic only": b"GGUF", "not a GGUF": b"hello " * 200, "truncated header": emb[:500],
-           "truncated tensors": emb[: len(emb) // 2], "last byte missing": chat[:-1]}  # fmt: skip
+    raw = {
+        "empty": b"",
+        "magic only": b"GGUF",
+        "not a GGUF": b"hello " * 200,
+        "truncated header": emb[:500],
+        "truncated tensors": emb[: len(emb) // 2],
+        "last byte missing": chat[:-1],
+    }
     cases: list[tuple[str, str, Path, str]] = []
     for i, (name, data) in enumerate(raw.items()):
         (tmp_path / f"raw{i}.gguf").write_bytes(data)
@@ -244,16 +263,23 @@ def test_corrupt_and_truncated_files_are_a_clear_error_not_a_crash(tmp_path: Pat
         ("repeated vocabulary entry", "manager", tiny_chat, _repeat_token, "repeats a token"),
         ("repeated vocabulary entry", "embedder", tiny_embedder, _repeat_token, "repeats a token"),
         ("zero layers", "manager", tiny_chat, _set("llama.block_count", 0), "SIGABRT"),
-        ("negative norm epsilon", "manager", tiny_chat, _set("llama.attention.layer_norm_rms_epsilon", -1.0), "SIGABRT"),
+        (
+            "negative norm epsilon",
+            "manager",
+            tiny_chat,
+            _set("llama.attention.layer_norm_rms_epsilon", -1.0),
+            "SIGABRT",
+        ),
         ("unknown pooling type", "embedder", tiny_embedder, _set("bert.pooling_type", 99), "SIGABRT"),
         ("bias retyped to F16", "embedder", tiny_embedder, _retype("blk.0.attn_output_norm.bias"), "llama.cpp"),
         ("broken chat template", "manager", tiny_chat, _break_template, "emplate"),
-    ]:  # fmt: skip
+    ]:
         cases.append((name, role, _mutated(src, tmp_path / f"m{len(cases)}.gguf", change), expect))
     env = {**os.environ, "MEMR1_CACHE_DIR": str(tmp_path / "cache")}
     lines = "".join(json.dumps([role, str(path)]) + "\n" for _, role, path, _ in cases)
-    child = subprocess.run([sys.executable, "-c", CHILD], input=lines, capture_output=True, text=True, env=env,
-                           timeout=600)  # fmt: skip
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD], input=lines, capture_output=True, text=True, env=env, timeout=600
+    )
     assert child.returncode == 0, f"the process died ({child.returncode}): {child.stderr[-2000:]}"
     results = {path: (kind, message) for path, kind, message in map(json.loads, child.stdout.splitlines())}
     assert len(results) == len(cases)

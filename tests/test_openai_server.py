@@ -26,10 +26,24 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-         "--n_ctx", "4096", "--model_alias", "tiny"],  # fmt: skip
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "4096",
+            "--model_alias",
+            "tiny",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 60
     while True:
@@ -53,8 +67,12 @@ def test_constrained_completion_through_the_server(server: str) -> None:
     shown = prompts.shown_memories([(7, "Andrew has a dog.", None)])
     for seed in range(5):
         llm.seed = seed
-        out = llm.complete(prompts.answer_messages("Pets?", memories=shown), prompts.ANSWER_SCHEMA,
-                           parse=lambda raw: prompts.parse_answer(raw, shown, [7]), max_tokens=200)  # fmt: skip
+        out = llm.complete(
+            prompts.answer_messages("Pets?", memories=shown),
+            prompts.ANSWER_SCHEMA,
+            parse=lambda raw: prompts.parse_answer(raw, shown, [7]),
+            max_tokens=200,
+        )
         text, selected = out.value
         assert isinstance(text, str) and set(selected) <= {7}
         assert out.prompt_tokens > 0 and out.completion_tokens > 0
@@ -70,8 +88,9 @@ def test_memory_observes_and_asks_through_the_server(server: str, tmp_path: Path
         assert mem.usage["llm_calls"] == 2
 
 
-def test_truncated_output_is_retried_then_refused_and_the_bank_is_unchanged(server: str, tmp_path: Path,
-                                                                             tiny_embedder: Path) -> None:  # fmt: skip
+def test_truncated_output_is_retried_then_refused_and_the_bank_is_unchanged(
+    server: str, tmp_path: Path, tiny_embedder: Path
+) -> None:
     llm = OpenAICompatible(server, "tiny", max_tokens=3, retries=1)  # every answer is cut mid-JSON
     with Memory(tmp_path / "b.db", embedder=tiny_embedder, manager=llm) as mem:
         mem.add("a fact")

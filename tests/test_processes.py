@@ -20,8 +20,9 @@ from memr1.testing import ScriptedLLM
 
 def test_many_processes_with_threads_lose_nothing(tmp_path: Path, tiny_embedder: Path) -> None:
     """8 processes x 2 threads: observe, add, update and delete on shared users, then the bank is audited."""
-    out = soak_concurrency.run(procs=8, ops=24, threads=2, busy_timeout=60, embedder=str(tiny_embedder),
-                               workdir=tmp_path)  # fmt: skip
+    out = soak_concurrency.run(
+        procs=8, ops=24, threads=2, busy_timeout=60, embedder=str(tiny_embedder), workdir=tmp_path
+    )
     assert out["failures"] == []
     assert out["overlap"] >= 4  # the processes really ran at the same time
     assert out["attempted"] >= 8 * 20 and out["succeeded"] >= 0.9 * out["attempted"]
@@ -35,8 +36,10 @@ def test_many_processes_with_threads_lose_nothing(tmp_path: Path, tiny_embedder:
 def test_a_new_bank_opened_by_two_processes_at_once_migrates_once(tmp_path: Path, tiny_embedder: Path) -> None:
     bank = tmp_path / "race.db"
     script = "import sys; from memr1 import Memory\nwith Memory(sys.argv[1], embedder=sys.argv[2]) as m: m.add('x')"
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(bank), str(tiny_embedder)], stderr=subprocess.PIPE)
-             for _ in range(3)]  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(bank), str(tiny_embedder)], stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read() if p.stderr else ""
     with Memory(bank) as mem:
@@ -57,8 +60,9 @@ sys.stdin.read()
 def locked(path: Path, mode: str = "IMMEDIATE") -> Iterator[None]:
     """Another process holds the bank's write lock. (Not another connection in this process: two SQLite
     libraries in one process, such as sqlite3 and sqlean, cannot see each other's POSIX locks.)"""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path), mode], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         yield
@@ -115,8 +119,12 @@ def test_a_decision_on_memories_that_keep_changing_is_refused_whole(bank: Path, 
         calls["n"] += 1
         target = mem.list(user="u")[0]
         mem.update(target.id, f"changed meanwhile {calls['n']}", user="u")  # the lost update, had it applied
-        return {"facts": [{"event": "ADD", "fact": "new fact"},
-                               {"event": "UPDATE", "id": 0, "fact": "stale rewrite of the fact, changed meanwhile"}]}  # fmt: skip
+        return {
+            "facts": [
+                {"event": "ADD", "fact": "new fact"},
+                {"event": "UPDATE", "id": 0, "fact": "stale rewrite of the fact, changed meanwhile"},
+            ]
+        }
 
     with Memory(bank, embedder=tiny_embedder, manager=ScriptedLLM(manager)) as mem:
         mem.add("the fact", user="u")

@@ -139,8 +139,9 @@ def test_hostile_text_never_becomes_a_special_token(llm: LlamaCpp, hostile: str)
     assert raw.detokenize(tokens, special=True) == rendered.encode()
 
 
-def test_the_agents_prompt_tokens_hold_only_the_templates_special_tokens(bank: Path, tiny_embedder: Path,
-                                                                         tiny_chat: Path) -> None:  # fmt: skip
+def test_the_agents_prompt_tokens_hold_only_the_templates_special_tokens(
+    bank: Path, tiny_embedder: Path, tiny_chat: Path
+) -> None:
     """observe and ask on llama.cpp, with every hostile text stored: count the control tokens actually sent."""
 
     class Recording(LlamaCpp):

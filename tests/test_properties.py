@@ -60,9 +60,20 @@ def test_history_replays_to_the_current_state(tmp_path_factory, tiny_embedder: P
 
 
 @SETTINGS
-@given(items=st.lists(st.tuples(texts, users, st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True),
-                                                              st.one_of(st.integers(-(2**63), 2**63 - 1), texts, st.booleans()),
-                                                              max_size=3)), max_size=12))  # fmt: skip
+@given(
+    items=st.lists(
+        st.tuples(
+            texts,
+            users,
+            st.dictionaries(
+                st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True),
+                st.one_of(st.integers(-(2**63), 2**63 - 1), texts, st.booleans()),
+                max_size=3,
+            ),
+        ),
+        max_size=12,
+    )
+)
 def test_export_import_round_trips_exactly(tmp_path_factory, tiny_embedder: Path, items) -> None:
     d = tmp_path_factory.mktemp("rt")
     with Memory(d / "a.db", embedder=tiny_embedder) as a, Memory(d / "b.db", embedder=tiny_embedder) as b:

@@ -88,8 +88,12 @@ def test_vector_scores_are_exact_cosines(mem: Memory) -> None:
 @needs_minilm
 def test_real_embedder_finds_the_semantic_match(tmp_path: Path) -> None:
     with Memory(tmp_path / "real.db", embedder=MINILM) as mem:
-        for text in ["Caroline went to an LGBTQ support group.", "Melanie painted a sunrise last year.",
-                     "Andrew adopted a dog named Buddy.", "Jon lost his job as a banker."]:  # fmt: skip
+        for text in [
+            "Caroline went to an LGBTQ support group.",
+            "Melanie painted a sunrise last year.",
+            "Andrew adopted a dog named Buddy.",
+            "Jon lost his job as a banker.",
+        ]:
             mem.add(text, user="u")
         assert mem.search("What pets does Andrew have?", k=4, user="u", mode="vector")[0].memory.text.startswith(
             "Andrew"
@@ -137,9 +141,17 @@ def test_spread_gives_shares_by_distance() -> None:
 def test_context_pulls_in_the_turn_after_the_match(bank: Path) -> None:
     with Memory(bank, embedder=WordsEmbedder()) as mem:
         day = "2023-05-0{}T10:00"
-        ids = [mem.add(t, user="u", at=day.format(d)).id for t, d in [
-            ("weather rain", 1), ("purple sneakers", 2), ("nice what are they for", 2), ("long runs river", 2),
-            ("chess club", 4), ("book garden", 4)]]  # fmt: skip
+        ids = [
+            mem.add(t, user="u", at=day.format(d)).id
+            for t, d in [
+                ("weather rain", 1),
+                ("purple sneakers", 2),
+                ("nice what are they for", 2),
+                ("long runs river", 2),
+                ("chess club", 4),
+                ("book garden", 4),
+            ]
+        ]
         plain = mem.search("purple sneakers", k=10, user="u", mode="vector")
         assert plain[0].memory.id == ids[1] and all(h.vector_score == 0 for h in plain[1:])
         hits = mem.search("purple sneakers", k=10, user="u")
@@ -153,8 +165,10 @@ def test_context_pulls_in_the_turn_after_the_match(bank: Path) -> None:
 def test_context_stays_within_a_user(bank: Path) -> None:
     with Memory(bank, embedder=WordsEmbedder()) as mem:
         at = "2023-05-02T10:00"
-        match, other, own = (mem.add(t, user=u, at=at).id for t, u in
-                             [("purple sneakers", "u"), ("nice what are they for", "v"), ("long runs river", "u")])  # fmt: skip
+        match, other, own = (
+            mem.add(t, user=u, at=at).id
+            for t, u in [("purple sneakers", "u"), ("nice what are they for", "v"), ("long runs river", "u")]
+        )
         scores = {h.memory.id: h.score for h in mem.search("purple sneakers", k=3, user=None)}
         assert scores[own] > 0 and scores[other] == 0  # v's memory sits between in id order but is not u's context
         assert [h.memory.id for h in mem.search("purple sneakers", k=3, user="v")] == [other]
@@ -181,11 +195,25 @@ def test_plain_rrf_is_the_first_hybrid_search(mem: Memory) -> None:
         mem.add(text)
     vector = mem.embedder.embed(["alpha gamma"])[0]
     index = mem._bind()
-    hits = retrieval.search(mem.store, index, vector, "alpha gamma", k=4, user="default", since=None, until=None,
-                            filters=None, tuning=retrieval.PLAIN_RRF)  # fmt: skip
+    hits = retrieval.search(
+        mem.store,
+        index,
+        vector,
+        "alpha gamma",
+        k=4,
+        user="default",
+        since=None,
+        until=None,
+        filters=None,
+        tuning=retrieval.PLAIN_RRF,
+    )
     v = [m for m, _ in index.nearest(vector, 50, user="default")]
-    t = [m for m, _ in mem.store.fts(retrieval.fts_query("alpha gamma"), limit=50, user="default", since=None,
-                                     until=None, filters=None)]  # fmt: skip
+    t = [
+        m
+        for m, _ in mem.store.fts(
+            retrieval.fts_query("alpha gamma"), limit=50, user="default", since=None, until=None, filters=None
+        )
+    ]
     want = fuse(v, t)
     assert [h.memory.id for h in hits] == sorted(want, key=lambda m: -want[m])
 

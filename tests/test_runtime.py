@@ -55,8 +55,9 @@ def _fake_amx_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "MEMR1_CACHE_DIR": str(tmp_path / "cache"), **extra}
 
 
-def test_a_model_that_dies_with_sigill_loads_without_extra_buffer_types(tmp_path: Path, tiny_embedder: Path,
-                                                                         tiny_chat: Path) -> None:  # fmt: skip
+def test_a_model_that_dies_with_sigill_loads_without_extra_buffer_types(
+    tmp_path: Path, tiny_embedder: Path, tiny_chat: Path
+) -> None:
     """Before: the probe's SIGILL became ModelNotAvailable and the model could not be used at all."""
     env = _fake_amx_env(tmp_path, MEMR1_TEST_FAKE_AMX="1")
     argv = [sys.executable, "-c", CHILD, str(tiny_embedder), str(tiny_chat), str(tmp_path / "bank.db")]
@@ -82,8 +83,9 @@ def test_a_healthy_machine_keeps_extra_buffer_types(tmp_path: Path, tiny_embedde
     assert out["ok"] and out["extra_bufts"] is True, (out, done.stderr[-1000:])
 
 
-def test_a_probe_verdict_from_another_machine_is_not_trusted(tmp_path: Path, tiny_chat: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_probe_verdict_from_another_machine_is_not_trusted(
+    tmp_path: Path, tiny_chat: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Before: the marker was keyed on the file and the llama-cpp-python version only, so a home directory shared
     with a machine of another CPU (or llama.cpp build) trusted its pass, and the process died with exit code 132."""
     monkeypatch.setenv("MEMR1_CACHE_DIR", str(tmp_path / "cache"))
@@ -114,9 +116,12 @@ def test_the_fingerprint_follows_the_kernel_and_the_llama_cpp_build(monkeypatch:
     here = models.machine_fingerprint()
     assert len(here) == 64 and here == models.machine_fingerprint()
     real_version = metadata.version
-    for change in (lambda: monkeypatch.setattr(platform, "release", lambda: "another kernel"),
-                   lambda: monkeypatch.setattr(metadata, "version", lambda name: "9.9.9" if name == "llama-cpp-python"
-                                               else real_version(name))):  # fmt: skip
+    for change in (
+        lambda: monkeypatch.setattr(platform, "release", lambda: "another kernel"),
+        lambda: monkeypatch.setattr(
+            metadata, "version", lambda name: "9.9.9" if name == "llama-cpp-python" else real_version(name)
+        ),
+    ):
         models.machine_fingerprint.cache_clear()
         change()
         assert models.machine_fingerprint() != here
@@ -131,14 +136,19 @@ def test_openmp_threads_wait_passively_unless_the_user_chose(tmp_path: Path) -> 
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert chosen.stdout.strip() == "PASSIVE"
-    kept = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    kept = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert kept.stdout.strip() == "ACTIVE"
     late = "import llama_cpp, logging; logging.basicConfig(); import memr1, sys\n" + textwrap.dedent(f"""
-        memr1.LlamaEmbedder({str(tmp_path / 'missing.gguf')!r})
+        memr1.LlamaEmbedder({str(tmp_path / "missing.gguf")!r})
         from memr1 import runtime
         print(runtime._LLAMA_LOADED_EARLY)
-    """)  # fmt: skip
+    """)
     early = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True, check=True)
     assert early.stdout.strip() == "True"  # known, so the first model load warns
 
@@ -150,8 +160,13 @@ def _threads_of(llm) -> tuple[int, int]:
 def test_threads_reach_every_context_memr1_creates(bank: Path, tiny_embedder: Path, tiny_chat: Path) -> None:
     """Before: n_threads_batch was left to llama-cpp-python, which takes every core, and Memory(embedder=path)
     had no thread setting at all."""
-    with Memory(bank, embedder=tiny_embedder, manager=tiny_chat, answerer=tiny_chat,
-                threads={"embedder": 1, "manager": 2, "answerer": 3}) as mem:  # fmt: skip
+    with Memory(
+        bank,
+        embedder=tiny_embedder,
+        manager=tiny_chat,
+        answerer=tiny_chat,
+        threads={"embedder": 1, "manager": 2, "answerer": 3},
+    ) as mem:
         mem.add("Andrew adopted a dog named Buddy.")
         assert _threads_of(mem.embedder._llama()[0]) == (1, 1)
         assert _threads_of(mem.manager._llama()[0]) == (2, 2)

@@ -24,8 +24,10 @@ from memr1.llm import OpenAICompatible
 from memr1.prompts import OutputRejected
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-COMPLETION = {"choices": [{"message": {"content": '{"answer": "a dog"}'}}],
-              "usage": {"prompt_tokens": 7, "completion_tokens": 5}}  # fmt: skip
+COMPLETION = {
+    "choices": [{"message": {"content": '{"answer": "a dog"}'}}],
+    "usage": {"prompt_tokens": 7, "completion_tokens": 5},
+}
 
 
 class Server:
@@ -84,8 +86,15 @@ def serve() -> Iterator[Callable[[Callable[[Server, socket.socket], None]], Serv
 
 def answer(body: bytes, status: bytes = b"200 OK", headers: bytes = b"") -> Callable[[Server, socket.socket], None]:
     def respond(server: Server, conn: socket.socket) -> None:
-        server.send(conn, b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n" + headers +
-                    b"Content-Length: %d\r\n\r\n" % len(body) + body)  # fmt: skip
+        server.send(
+            conn,
+            b"HTTP/1.1 "
+            + status
+            + b"\r\nContent-Type: application/json\r\n"
+            + headers
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body,
+        )
 
     return respond
 
@@ -102,8 +111,9 @@ def test_a_well_formed_answer_is_read(serve) -> None:
 
 
 @pytest.mark.parametrize("status", [b"302 Found", b"307 Temporary Redirect", b"308 Permanent Redirect"])
-def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(serve, monkeypatch: pytest.MonkeyPatch,
-                                                            status: bytes) -> None:  # fmt: skip
+def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(
+    serve, monkeypatch: pytest.MonkeyPatch, status: bytes
+) -> None:
     """A redirect to another origin once carried `Authorization: Bearer ...` there, and its answer was used."""
     elsewhere = serve(answer(json.dumps(COMPLETION).encode()))
     server = serve(answer(b"", status, b"Location: " + elsewhere.url.encode() + b"/chat/completions\r\n"))
@@ -114,25 +124,40 @@ def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(serve, monkeypatch:
     assert b"Authorization: Bearer sk-secret" in server.heads[0] and "sk-secret" not in str(caught.value)
 
 
-@pytest.mark.parametrize("body", [
-    b'{"choices": [{"message": {"content": "x"}}',  # invalid JSON: JSONDecodeError
-    b"[1, 2]",  # a JSON list: AttributeError
-    b'{"choices": "oops"}',  # AttributeError
-    b'{"choices": [{"message": {"content": "x"}}], "usage": {"prompt_tokens": "many"}}',  # ValueError
-    b'{"choices": [{"message": "x"}]}',
-    b'{"choices": []}',
-    b"null",
-    b"[" * 100_000,
-], ids=["invalid JSON", "list", "choices oops", "usage not a number", "message a string", "no choices", "null",
-        "deep nesting"])  # fmt: skip
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"choices": [{"message": {"content": "x"}}',  # invalid JSON: JSONDecodeError
+        b"[1, 2]",  # a JSON list: AttributeError
+        b'{"choices": "oops"}',  # AttributeError
+        b'{"choices": [{"message": {"content": "x"}}], "usage": {"prompt_tokens": "many"}}',  # ValueError
+        b'{"choices": [{"message": "x"}]}',
+        b'{"choices": []}',
+        b"null",
+        b"[" * 100_000,
+    ],
+    ids=[
+        "invalid JSON",
+        "list",
+        "choices oops",
+        "usage not a number",
+        "message a string",
+        "no choices",
+        "null",
+        "deep nesting",
+    ],
+)
 def test_an_answer_that_is_no_chat_completion_is_a_clear_error(serve, body: bytes) -> None:
     server = serve(answer(body))
     with pytest.raises(ModelNotAvailable, match="did not answer with a chat completion"):
         complete(OpenAICompatible(server.url, timeout=10))
 
 
-@pytest.mark.parametrize("reply", [b"HELLO THERE\r\n\r\n", b"HTTP/1.1 OK\r\n\r\n", b"\x00\xff" * 100, b""],
-                         ids=["garbage status line", "no status code", "binary", "hang up"])  # fmt: skip
+@pytest.mark.parametrize(
+    "reply",
+    [b"HELLO THERE\r\n\r\n", b"HTTP/1.1 OK\r\n\r\n", b"\x00\xff" * 100, b""],
+    ids=["garbage status line", "no status code", "binary", "hang up"],
+)
 def test_a_server_that_does_not_speak_http_is_a_clear_error(serve, reply: bytes) -> None:
     server = serve(lambda server, conn: server.send(conn, reply))
     with pytest.raises(ModelNotAvailable, match="broke the exchange"):
@@ -193,10 +218,14 @@ def drip(head: bytes, body: bytes, every: float) -> Callable[[Server, socket.soc
     return respond
 
 
-@pytest.mark.parametrize("respond", [
-    drip(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b" " * 40, 0.25),
-    drip(b"", b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 40, 0.25),
-], ids=["body", "headers"])  # fmt: skip
+@pytest.mark.parametrize(
+    "respond",
+    [
+        drip(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b" " * 40, 0.25),
+        drip(b"", b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 40, 0.25),
+    ],
+    ids=["body", "headers"],
+)
 def test_a_slow_drip_ends_at_the_timeout(serve, respond) -> None:
     """With timeout=1.0, one byte every 0.5 s held `observe` for 58.6 s."""
     server = serve(respond)
@@ -243,11 +272,22 @@ def test_memory_passes_server_options_to_both_agents(serve, tmp_path: Path, tiny
     assert b"Authorization: Bearer sk-option" in server.heads[0]
 
 
-@pytest.mark.parametrize("options", [
-    {"timeout": 0}, {"timeout": -1}, {"timeout": "5"}, {"timeout": True}, {"timeout": float("nan")},
-    {"max_response_bytes": 10}, {"max_response_bytes": 2.5}, {"api_key": ""}, {"api_key": 5}, {"retries": 3},
-    [("timeout", 5)],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"timeout": 0},
+        {"timeout": -1},
+        {"timeout": "5"},
+        {"timeout": True},
+        {"timeout": float("nan")},
+        {"max_response_bytes": 10},
+        {"max_response_bytes": 2.5},
+        {"api_key": ""},
+        {"api_key": 5},
+        {"retries": 3},
+        [("timeout", 5)],
+    ],
+)
 def test_bad_server_options_are_refused_before_the_bank_is_opened(tmp_path: Path, options: object) -> None:
     with pytest.raises(InvalidInput):
         Memory(tmp_path / "b.db", base_url="http://127.0.0.1:9/v1", server_options=options)
@@ -265,8 +305,16 @@ def test_server_options_need_a_server(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_the_cli_takes_a_timeout(serve, tmp_path: Path, tiny_embedder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MEMR1_BASE_URL", raising=False)
     server = serve(drip(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", b" " * 40, 0.25))
-    args = ["observe", "I adopted a dog.", "--db", str(tmp_path / "b.db"), "--embedder", str(tiny_embedder),
-            "--base-url", server.url]  # fmt: skip
+    args = [
+        "observe",
+        "I adopted a dog.",
+        "--db",
+        str(tmp_path / "b.db"),
+        "--embedder",
+        str(tiny_embedder),
+        "--base-url",
+        server.url,
+    ]
     started = time.monotonic()
     result = CliRunner().invoke(cli, [*args, "--timeout", "0.5"])
     assert result.exit_code == 1 and "ModelNotAvailable" in result.output and "0.5s timeout" in result.output

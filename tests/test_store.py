@@ -60,10 +60,12 @@ def test_failed_write_rolls_back_everything(mem: Memory) -> None:
     vec = mem.embedder.embed(["new"])[0].tobytes()
     with pytest.raises(MemoryNotFound):
         mem.store.apply(
-            [Change("ADD", "default", text="new", vector=vec, at_ts=0.0),
-             Change("UPDATE", "default", memory_id=12345, text="x", vector=vec)],  # unknown id: fails midway
+            [
+                Change("ADD", "default", text="new", vector=vec, at_ts=0.0),
+                Change("UPDATE", "default", memory_id=12345, text="x", vector=vec),
+            ],  # unknown id: fails midway
             actor="test",
-        )  # fmt: skip
+        )
     assert [i.text for i in mem.list()] == ["keep me"]
     assert mem.stats()["history"] == 1
     assert mem.store.query("SELECT count(*) FROM vec_memories")[0][0] == 1

@@ -37,8 +37,12 @@ class Tenants(RuleBasedStateMachine):
         self.dir = Path(tempfile.mkdtemp(prefix="tenants-"))
         self.leaks: list[str] = []  # what an agent was shown that its caller does not own
         self.asker = ""
-        self.mem = Memory(self.dir / "bank.db", embedder=self.embedder, manager=ScriptedLLM(self._manage),
-                          answerer=ScriptedLLM(self._answer))  # fmt: skip
+        self.mem = Memory(
+            self.dir / "bank.db",
+            embedder=self.embedder,
+            manager=ScriptedLLM(self._manage),
+            answerer=ScriptedLLM(self._answer),
+        )
         self.n = 0
 
     def teardown(self) -> None:
@@ -166,8 +170,12 @@ class Tenants(RuleBasedStateMachine):
 
 def test_random_interleavings_of_users_never_cross(tiny_embedder: Path) -> None:
     Tenants.embedder = tiny_embedder
-    run_state_machine_as_test(Tenants, settings=settings(max_examples=50, stateful_step_count=30, deadline=None,
-                                                         suppress_health_check=[HealthCheck.too_slow]))  # fmt: skip
+    run_state_machine_as_test(
+        Tenants,
+        settings=settings(
+            max_examples=50, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        ),
+    )
 
 
 def test_delete_all_for_one_user_leaves_everyone_else(mem: Memory) -> None:

@@ -42,8 +42,13 @@ def run(job: dict[str, Any]) -> str:
     if "messages" not in job:
         return ""
     try:
-        rendered = compiled[0].render(messages=job["messages"], add_generation_prompt=True, bos_token=job["bos"],
-                                      eos_token=job["eos"], raise_exception=raise_exception)  # fmt: skip
+        rendered = compiled[0].render(
+            messages=job["messages"],
+            add_generation_prompt=True,
+            bos_token=job["bos"],
+            eos_token=job["eos"],
+            raise_exception=raise_exception,
+        )
     except _Raised as e:
         raise ValueError(f"refuses the messages: {e}") from None
     except MemoryError:

@@ -71,9 +71,12 @@ def _server_options() -> Any:
 
 def agent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option(
-        "--timeout", type=click.FloatRange(0, 86_400, min_open=True), expose_value=False, callback=_remember_timeout,
+        "--timeout",
+        type=click.FloatRange(0, 86_400, min_open=True),
+        expose_value=False,
+        callback=_remember_timeout,
         help=f"Seconds one call to the --base-url server may take, retries included.  [default: {DEFAULT_TIMEOUT:g}]",
-    )(fn)  # fmt: skip
+    )(fn)
     fn = click.option(
         "--base-url", envvar="MEMR1_BASE_URL", help="An OpenAI-compatible server (then models are names)."
     )(fn)
@@ -144,8 +147,17 @@ def add(
 @click.option("--until", help="Only facts said at or before this time.")
 @click.option("--mode", type=click.Choice(["hybrid", "vector", "text"]), default="hybrid", show_default=True)
 @bank_options
-def search(db: str, embedder: str | None, as_json: bool, query: str, k: int, user: str, since: str | None,
-           until: str | None, mode: str) -> None:  # fmt: skip
+def search(
+    db: str,
+    embedder: str | None,
+    as_json: bool,
+    query: str,
+    k: int,
+    user: str,
+    since: str | None,
+    until: str | None,
+    mode: str,
+) -> None:
     """Hybrid search of one user's memories."""
     with _open(db, embedder) as mem:
         hits = mem.search(query, k, user=user, since=since, until=until, mode=mode)  # type: ignore[arg-type]
@@ -258,13 +270,27 @@ def _op_line(op: Operation) -> str:
 @click.option("--user", default="default", show_default=True)
 @agent_options
 @bank_options
-def observe(db: str, embedder: str | None, as_json: bool, text: str, speaker: str | None, at: str | None,
-            session: str | None, user: str, manager: str | None, answerer: str | None, base_url: str | None) -> None:  # fmt: skip
+def observe(
+    db: str,
+    embedder: str | None,
+    as_json: bool,
+    text: str,
+    speaker: str | None,
+    at: str | None,
+    session: str | None,
+    user: str,
+    manager: str | None,
+    answerer: str | None,
+    base_url: str | None,
+) -> None:
     """Let the Memory Manager turn one dialogue turn into memory operations."""
     with _open(db, embedder, manager=manager, answerer=answerer, base_url=base_url) as mem:
         ops = mem.observe(text, speaker=speaker, at=at, session=session, user=user)
-    _emit(as_json, [o.model_dump(mode="json") for o in ops],
-          lambda: [click.echo(_op_line(o)) for o in ops] if ops else click.echo("no change"))  # fmt: skip
+    _emit(
+        as_json,
+        [o.model_dump(mode="json") for o in ops],
+        lambda: [click.echo(_op_line(o)) for o in ops] if ops else click.echo("no change"),
+    )
 
 
 @cli.command()
@@ -273,8 +299,17 @@ def observe(db: str, embedder: str | None, as_json: bool, text: str, speaker: st
 @click.option("-k", default=60, show_default=True, help="Memories to retrieve before distilling.")
 @agent_options
 @bank_options
-def ask(db: str, embedder: str | None, as_json: bool, question: str, user: str, k: int, manager: str | None,
-        answerer: str | None, base_url: str | None) -> None:  # fmt: skip
+def ask(
+    db: str,
+    embedder: str | None,
+    as_json: bool,
+    question: str,
+    user: str,
+    k: int,
+    manager: str | None,
+    answerer: str | None,
+    base_url: str | None,
+) -> None:
     """Ask the Answer Agent a question about one user's memories."""
     with _open(db, embedder, manager=manager, answerer=answerer, base_url=base_url) as mem:
         answer = mem.ask(question, user=user, k=k)
@@ -297,17 +332,30 @@ def _print_answer(answer: Answer) -> None:
 @click.option("--user", default="default", show_default=True, help="For turns that name no user.")
 @agent_options
 @bank_options
-def ingest(db: str, embedder: str | None, as_json: bool, path: str, user: str, manager: str | None,
-           answerer: str | None, base_url: str | None) -> None:  # fmt: skip
+def ingest(
+    db: str,
+    embedder: str | None,
+    as_json: bool,
+    path: str,
+    user: str,
+    manager: str | None,
+    answerer: str | None,
+    base_url: str | None,
+) -> None:
     """Observe a dialogue file: a JSON array or JSONL of turns ({"text", "speaker", "at", "session", "user"})."""
     turns = _read_turns(Path(path))
     with _open(db, embedder, manager=manager, answerer=answerer, base_url=base_url) as mem:
         ops = mem.observe_many(turns, user=user, progress=not as_json)
         usage = dict(mem.usage)
     counts = {kind: sum(o.kind == kind for o in ops) for kind in ("ADD", "UPDATE", "DELETE")}
-    _emit(as_json, {"turns": len(turns), **counts, **usage},
-          lambda: click.echo(f"{len(turns)} turns: {counts['ADD']} added, {counts['UPDATE']} updated, "
-                             f"{counts['DELETE']} deleted ({usage['llm_calls']} LLM calls)"))  # fmt: skip
+    _emit(
+        as_json,
+        {"turns": len(turns), **counts, **usage},
+        lambda: click.echo(
+            f"{len(turns)} turns: {counts['ADD']} added, {counts['UPDATE']} updated, "
+            f"{counts['DELETE']} deleted ({usage['llm_calls']} LLM calls)"
+        ),
+    )
 
 
 def _read_turns(path: Path) -> list[dict[str, Any]]:
@@ -344,16 +392,25 @@ DEMO_TURNS = [
 @agent_options
 @threads_option
 @_fail_cleanly
-def demo(db: str | None, embedder: str | None, tiny: bool, manager: str | None, answerer: str | None,
-         base_url: str | None) -> None:  # fmt: skip
+def demo(
+    db: str | None, embedder: str | None, tiny: bool, manager: str | None, answerer: str | None, base_url: str | None
+) -> None:
     """Run the Buddy and Scout example end to end: observe two turns, then ask."""
     with tempfile.TemporaryDirectory() as tmp:
-        models = _demo_models(Path(tmp), embedder=embedder, manager=manager, answerer=answerer,
-                              tiny=tiny, server=bool(base_url))  # fmt: skip
-        with Memory(db or Path(tmp) / "demo.db", base_url=base_url, server_options=_server_options(),
-                    threads=_threads(), **models) as mem:  # fmt: skip
-            click.echo(f"bank: {mem.path}  ({mem.sqlite_info()['driver']}, SQLite {mem.sqlite_info()['sqlite_version']}, "
-                       f"sqlite-vec {mem.sqlite_info()['sqlite_vec_version']})\n")  # fmt: skip
+        models = _demo_models(
+            Path(tmp), embedder=embedder, manager=manager, answerer=answerer, tiny=tiny, server=bool(base_url)
+        )
+        with Memory(
+            db or Path(tmp) / "demo.db",
+            base_url=base_url,
+            server_options=_server_options(),
+            threads=_threads(),
+            **models,
+        ) as mem:
+            click.echo(
+                f"bank: {mem.path}  ({mem.sqlite_info()['driver']}, SQLite {mem.sqlite_info()['sqlite_version']}, "
+                f"sqlite-vec {mem.sqlite_info()['sqlite_vec_version']})\n"
+            )
             for text, at, session in DEMO_TURNS:
                 click.echo(f"Andrew ({at}): {text}")
                 ops = mem.observe(text, speaker="Andrew", at=at, session=session, user="andrew")
@@ -364,12 +421,15 @@ def demo(db: str | None, embedder: str | None, tiny: bool, manager: str | None, 
             question = "How many dogs does Andrew have?"
             click.echo(f"\nQ: {question}\nA: ", nl=False)
             _print_answer(mem.ask(question, user="andrew"))
-            click.echo(f"\nLLM calls: {mem.usage['llm_calls']}, prompt tokens: {mem.usage['prompt_tokens']}, "
-                       f"completion tokens: {mem.usage['completion_tokens']}")  # fmt: skip
+            click.echo(
+                f"\nLLM calls: {mem.usage['llm_calls']}, prompt tokens: {mem.usage['prompt_tokens']}, "
+                f"completion tokens: {mem.usage['completion_tokens']}"
+            )
 
 
-def _demo_models(tmp: Path, *, embedder: str | None, manager: str | None, answerer: str | None, tiny: bool,
-                 server: bool) -> dict[str, Any]:  # fmt: skip
+def _demo_models(
+    tmp: Path, *, embedder: str | None, manager: str | None, answerer: str | None, tiny: bool, server: bool
+) -> dict[str, Any]:
     """The models the demo asked for; tiny local ones where the hub's defaults cannot be had."""
     from .embedding import DEFAULT_EMBEDDER
     from .errors import ModelNotAvailable
@@ -391,9 +451,12 @@ def _demo_models(tmp: Path, *, embedder: str | None, manager: str | None, answer
             except ModelNotAvailable as e:
                 click.secho(f"! {role}: {e}", fg="yellow", err=True)
         if ref is None:
-            click.secho(f"! {role}: using a tiny random-weight model built locally: the pipeline is real, "
-                        "the answers are nonsense. Pass --manager/--answerer/--embedder for real models.",
-                        fg="yellow", err=True)  # fmt: skip
+            click.secho(
+                f"! {role}: using a tiny random-weight model built locally: the pipeline is real, "
+                "the answers are nonsense. Pass --manager/--answerer/--embedder for real models.",
+                fg="yellow",
+                err=True,
+            )
             writer = write_embedding_model if role == "embedder" else write_chat_model
             ref = str(writer(tmp / f"tiny-{role}.gguf"))
         out[role] = ref

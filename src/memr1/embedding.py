@@ -40,9 +40,16 @@ class LlamaEmbedder:
     `dim`/`identity`; the weights load on the first `embed` call.
     """
 
-    def __init__(self, model: str | os.PathLike[str] = DEFAULT_EMBEDDER, *, n_threads: int | None = None,
-                 batch_size: int = 32, query_prefix: str = "", sha256: str | None = None,
-                 named_by: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = DEFAULT_EMBEDDER,
+        *,
+        n_threads: int | None = None,
+        batch_size: int = 32,
+        query_prefix: str = "",
+        sha256: str | None = None,
+        named_by: str | None = None,
+    ) -> None:
         """`sha256` pins the file, as `model@sha256:<hex>` does: a mismatch refuses to load it.
 
         `n_threads` (default: $MEMR1_EMBEDDER_THREADS, $MEMR1_THREADS, else 1) is used for every batch.

@@ -73,13 +73,18 @@ class LLM(Protocol):
     """A chat model that answers with JSON matching `schema`; `parse` validates it or raises OutputRejected."""
 
     def complete(
-        self, messages: Sequence[dict[str, str]], schema: dict[str, Any], *, parse: Callable[[Any], T],
+        self,
+        messages: Sequence[dict[str, str]],
+        schema: dict[str, Any],
+        *,
+        parse: Callable[[Any], T],
         max_tokens: int = 512,
-    ) -> Completion: ...  # fmt: skip
+    ) -> Completion: ...
 
 
-def retry_until_parsed(name: str, retries: int, attempt: Callable[[int], tuple[str, int, int]],
-              parse: Callable[[Any], Any]) -> Completion:  # fmt: skip
+def retry_until_parsed(
+    name: str, retries: int, attempt: Callable[[int], tuple[str, int, int]], parse: Callable[[Any], Any]
+) -> Completion:
     """Run `attempt(i)` until `parse` accepts its text; sum tokens and time over all tries."""
     start, prompt, completion, reasons = time.perf_counter(), 0, 0, []
     for i in range(retries + 1):
@@ -107,8 +112,14 @@ _sandboxed_lock = threading.Lock()
 def _sandbox(templates: list[str], roles: tuple[str, ...] | None = None, bos: str = "", eos: str = "") -> str:
     """Compile `templates` in a child process bounded by TEMPLATE_SECONDS and TEMPLATE_MEMORY and, given
     `roles`, render the first over one placeholder per role. Once per process for each job."""
-    job: dict[str, Any] = {"templates": templates, "bos": bos, "eos": eos, "max_chars": TEMPLATE_CHARS,
-                           "seconds": TEMPLATE_SECONDS, "memory": TEMPLATE_MEMORY}  # fmt: skip
+    job: dict[str, Any] = {
+        "templates": templates,
+        "bos": bos,
+        "eos": eos,
+        "max_chars": TEMPLATE_CHARS,
+        "seconds": TEMPLATE_SECONDS,
+        "memory": TEMPLATE_MEMORY,
+    }
     if roles is not None:
         job["messages"] = [{"role": role, "content": _SLOT.format(i)} for i, role in enumerate(roles)]
     key = json.dumps(job)
@@ -134,8 +145,15 @@ def _run_child(job: dict[str, Any]) -> str:
             raise _Refused(str(e)) from None
     argv = [sys.executable, "-I", chat_template.__file__]  # -I: neither the script's folder nor $PYTHON* apply
     try:
-        done = subprocess.run(argv, input=json.dumps(job), capture_output=True, text=True, encoding="utf-8",
-                              errors="replace", timeout=TEMPLATE_SECONDS)  # fmt: skip
+        done = subprocess.run(
+            argv,
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=TEMPLATE_SECONDS,
+        )
     except subprocess.TimeoutExpired:
         raise _Refused(f"did not {what} within {TEMPLATE_SECONDS:g}s; refusing it") from None
     try:
@@ -171,10 +189,22 @@ class LlamaCpp:
     fixed system prompt comes first so llama.cpp reuses its KV prefix across calls.
     """
 
-    def __init__(self, model: str | os.PathLike[str] = DEFAULT_CHAT_MODEL, *, n_ctx: int | None = None,
-                 max_ctx: int = 8192, n_threads: int | None = None, n_gpu_layers: int = 0, seed: int = 0,
-                 temperature: float = 0.0, retries: int = 2, reuse_prefix: bool = True, slot: str = "",
-                 max_tokens: int | None = None, sha256: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = DEFAULT_CHAT_MODEL,
+        *,
+        n_ctx: int | None = None,
+        max_ctx: int = 8192,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        seed: int = 0,
+        temperature: float = 0.0,
+        retries: int = 2,
+        reuse_prefix: bool = True,
+        slot: str = "",
+        max_tokens: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
         """`max_tokens` caps what each agent asks for; `sha256` pins the file (as `model@sha256:<hex>` does).
 
         `n_threads` serves generation and prompt processing alike; by default $MEMR1_MANAGER_THREADS or
@@ -222,8 +252,13 @@ class LlamaCpp:
             self._vet_templates()
         # No seed here: every completion passes its own, and a seed in the key would load a fresh context
         # (and re-evaluate the whole prompt, and keep the old one in memory) each time the seed changes.
-        return shared_llama(self.path, slot=self.slot, n_ctx=self.context_length(), n_gpu_layers=self.n_gpu_layers,
-                            threads=thread_count(self.slot, self.n_threads))  # fmt: skip
+        return shared_llama(
+            self.path,
+            slot=self.slot,
+            n_ctx=self.context_length(),
+            n_gpu_layers=self.n_gpu_layers,
+            threads=thread_count(self.slot, self.n_threads),
+        )
 
     def _vet_templates(self) -> None:
         vet_chat_templates(self.path, self.ref)
@@ -269,8 +304,14 @@ class LlamaCpp:
             self._markup[roles] = [llm.tokenize(p.encode(), add_bos=False, special=True) for p in [*pieces, rendered]]
         return self._markup[roles]
 
-    def complete(self, messages: Sequence[dict[str, str]], schema: dict[str, Any], *, parse: Callable[[Any], T],
-                 max_tokens: int = 512) -> Completion:  # fmt: skip
+    def complete(
+        self,
+        messages: Sequence[dict[str, str]],
+        schema: dict[str, Any],
+        *,
+        parse: Callable[[Any], T],
+        max_tokens: int = 512,
+    ) -> Completion:
         started = time.perf_counter()
         max_tokens = min(max_tokens, self.max_tokens or max_tokens)
         if max_tokens < 1:
@@ -280,17 +321,23 @@ class LlamaCpp:
         prompt = self.tokens(messages)
         budget = llm.n_ctx() - len(prompt)
         if budget < min(max_tokens, 256):
-            raise PromptTooLong(f"prompt of {len(prompt)} tokens leaves too little room in a {llm.n_ctx()}-token context",
-                                tokens=len(prompt) + min(max_tokens, 256), limit=llm.n_ctx())  # fmt: skip
+            raise PromptTooLong(
+                f"prompt of {len(prompt)} tokens leaves too little room in a {llm.n_ctx()}-token context",
+                tokens=len(prompt) + min(max_tokens, 256),
+                limit=llm.n_ctx(),
+            )
 
         def attempt(i: int) -> tuple[str, int, int]:
             with lock:
                 if not self.reuse_prefix:
                     llm.reset()  # forget the cached prefix: every call re-evaluates the whole prompt
                 out = llm.create_completion(
-                    prompt=prompt, grammar=grammar, max_tokens=min(max_tokens, budget),
-                    temperature=self.temperature if i == 0 else max(self.temperature, 0.7), seed=self.seed + i,
-                )  # fmt: skip
+                    prompt=prompt,
+                    grammar=grammar,
+                    max_tokens=min(max_tokens, budget),
+                    temperature=self.temperature if i == 0 else max(self.temperature, 0.7),
+                    seed=self.seed + i,
+                )
             usage = out["usage"]
             return out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"]
 
@@ -343,8 +390,14 @@ class _Deadlines(httpcore.NetworkBackend):
             raise expired("the call's deadline has passed")
         return left if timeout is None else min(timeout, left)
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Any = None) -> httpcore.NetworkStream:  # fmt: skip
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
         wait = self.left(timeout, httpcore.ConnectTimeout)
         return _Stream(self._sockets.connect_tcp(host, port, wait, local_address, socket_options), self)
 
@@ -365,8 +418,9 @@ class _Stream(httpcore.NetworkStream):
     def close(self) -> None:
         self._stream.close()
 
-    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:  # fmt: skip
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
         wait = self._deadlines.left(timeout, httpcore.ConnectTimeout)
         return _Stream(self._stream.start_tls(ssl_context, server_hostname, wait), self._deadlines)
 
@@ -409,13 +463,29 @@ class OpenAICompatible:
     schema raises ModelOutputError, as on llama.cpp.
     """
 
-    def __init__(self, base_url: str, model: str = "default", *, api_key: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", timeout: float = DEFAULT_TIMEOUT,
-                 max_response_bytes: int = MAX_RESPONSE_BYTES, temperature: float = 0.0, retries: int = 2,
-                 seed: int = 0, max_tokens: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        model: str = "default",
+        *,
+        api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = DEFAULT_TIMEOUT,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        temperature: float = 0.0,
+        retries: int = 2,
+        seed: int = 0,
+        max_tokens: int | None = None,
+    ) -> None:
         """`api_key` is sent as a bearer token; without it, the value of $`api_key_env`, if set."""
-        check_server_options({"timeout": timeout, "max_response_bytes": max_response_bytes, "api_key": api_key,
-                              "api_key_env": api_key_env})  # fmt: skip
+        check_server_options(
+            {
+                "timeout": timeout,
+                "max_response_bytes": max_response_bytes,
+                "api_key": api_key,
+                "api_key_env": api_key_env,
+            }
+        )
         url = urllib.parse.urlsplit(base_url if isinstance(base_url, str) else "")
         if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
             raise InvalidInput(f"base_url must be an http:// or https:// address, got {base_url!r}")
@@ -440,8 +510,13 @@ class OpenAICompatible:
         """The status and body of one POST to /chat/completions; of an error, only the start of its body."""
         try:
             wait = {"pool": self._deadlines.left(None, httpcore.PoolTimeout)}  # for a connection other calls hold
-            with self._pool.stream("POST", f"{self.base_url}/chat/completions", headers=self._headers(),
-                                   content=json.dumps(body).encode(), extensions={"timeout": wait}) as response:  # fmt: skip
+            with self._pool.stream(
+                "POST",
+                f"{self.base_url}/chat/completions",
+                headers=self._headers(),
+                content=json.dumps(body).encode(),
+                extensions={"timeout": wait},
+            ) as response:
                 if 300 <= response.status < 400:
                     where = _header(response, b"location")[:200].decode("latin-1")
                     raise ModelNotAvailable(
@@ -452,16 +527,21 @@ class OpenAICompatible:
                     return response.status, _read(response, 300)
                 declared = _header(response, b"content-length")
                 if declared.isdigit() and int(declared) > self.max_response_bytes:
-                    raise ModelNotAvailable(f"{self.base_url} is sending {int(declared)} bytes; refused unread "
-                                            f"(max_response_bytes={self.max_response_bytes})")  # fmt: skip
+                    raise ModelNotAvailable(
+                        f"{self.base_url} is sending {int(declared)} bytes; refused unread "
+                        f"(max_response_bytes={self.max_response_bytes})"
+                    )
                 data = _read(response, self.max_response_bytes + 1)
                 if len(data) > self.max_response_bytes:
-                    raise ModelNotAvailable(f"{self.base_url} sent more than {self.max_response_bytes} bytes; "
-                                            "refused (max_response_bytes)")  # fmt: skip
+                    raise ModelNotAvailable(
+                        f"{self.base_url} sent more than {self.max_response_bytes} bytes; refused (max_response_bytes)"
+                    )
                 return response.status, data
         except httpcore.TimeoutException:
-            raise ModelNotAvailable(f"{self.base_url} did not answer within the {self.timeout:g}s timeout (a server "
-                                    "option: OpenAICompatible(timeout=...), Memory(server_options=...), --timeout)") from None  # fmt: skip
+            raise ModelNotAvailable(
+                f"{self.base_url} did not answer within the {self.timeout:g}s timeout (a server "
+                "option: OpenAICompatible(timeout=...), Memory(server_options=...), --timeout)"
+            ) from None
         except httpcore.ConnectError as e:
             raise ModelNotAvailable(f"cannot reach {self.base_url}: {e}") from None
         except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError, httpcore.UnsupportedProtocol) as e:
@@ -473,8 +553,9 @@ class OpenAICompatible:
         except ValidationError as e:
             error = e.errors()[0]
             where = ".".join(map(str, error["loc"])) or "the body"
-            raise ModelNotAvailable(f"{self.base_url} did not answer with a chat completion: {where}: "
-                                    f"{error['msg'][:200]}") from None  # fmt: skip
+            raise ModelNotAvailable(
+                f"{self.base_url} did not answer with a chat completion: {where}: {error['msg'][:200]}"
+            ) from None
         usage = reply.usage or _Usage()
         return reply.choices[0].message.content or "", usage.prompt_tokens or 0, usage.completion_tokens or 0
 
@@ -483,11 +564,22 @@ class OpenAICompatible:
             return {"type": "json_schema", "json_schema": {"name": "memr1", "schema": schema, "strict": True}}
         return {"type": "json_object", "schema": schema}
 
-    def complete(self, messages: Sequence[dict[str, str]], schema: dict[str, Any], *, parse: Callable[[Any], T],
-                 max_tokens: int = 512) -> Completion:  # fmt: skip
+    def complete(
+        self,
+        messages: Sequence[dict[str, str]],
+        schema: dict[str, Any],
+        *,
+        parse: Callable[[Any], T],
+        max_tokens: int = 512,
+    ) -> Completion:
         def attempt(i: int) -> tuple[str, int, int]:
-            body = {"model": self.model, "messages": list(messages), "max_tokens": min(max_tokens, self.max_tokens or max_tokens),
-                    "temperature": self.temperature if i == 0 else max(self.temperature, 0.7), "seed": self.seed + i}  # fmt: skip
+            body = {
+                "model": self.model,
+                "messages": list(messages),
+                "max_tokens": min(max_tokens, self.max_tokens or max_tokens),
+                "temperature": self.temperature if i == 0 else max(self.temperature, 0.7),
+                "seed": self.seed + i,
+            }
             for kind in [self._format] if self._format else ["json_schema", "json_object"]:
                 status, data = self._post({**body, "response_format": self._format_for(schema, kind)})
                 if status >= 300:
@@ -516,8 +608,14 @@ def _read(response: httpcore.Response, limit: int) -> bytearray:
     return body
 
 
-def as_llm(spec: LLM | str | os.PathLike[str] | None, *, slot: str, base_url: str | None = None,
-           n_threads: int | None = None, server_options: Mapping[str, Any] | None = None) -> LLM:  # fmt: skip
+def as_llm(
+    spec: LLM | str | os.PathLike[str] | None,
+    *,
+    slot: str,
+    base_url: str | None = None,
+    n_threads: int | None = None,
+    server_options: Mapping[str, Any] | None = None,
+) -> LLM:
     """An LLM from an instance, a GGUF path/HF ref, or a server model name when `base_url` is set."""
     if isinstance(spec, LLM):
         return spec

@@ -80,11 +80,19 @@ class Memory:
     BEGIN IMMEDIATE transactions in WAL mode, waiting up to `busy_timeout` seconds.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, embedder: str | os.PathLike[str] | Embedder | None = None,
-                 manager: LLM | str | os.PathLike[str] | None = None, answerer: LLM | str | os.PathLike[str] | None = None,
-                 base_url: str | None = None, server_options: Mapping[str, Any] | None = None, related_k: int = 10,
-                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT_MS / 1000,
-                 threads: int | Mapping[str, int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        embedder: str | os.PathLike[str] | Embedder | None = None,
+        manager: LLM | str | os.PathLike[str] | None = None,
+        answerer: LLM | str | os.PathLike[str] | None = None,
+        base_url: str | None = None,
+        server_options: Mapping[str, Any] | None = None,
+        related_k: int = 10,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT_MS / 1000,
+        threads: int | Mapping[str, int] | None = None,
+    ) -> None:
         """Open (or create) a bank. Models are GGUF paths or `owner/repo/file.gguf` hub references,
         resolved and loaded on first use; with `base_url`, manager/answerer name models on an
         OpenAI-compatible server instead, which `server_options` configure: `timeout` (seconds per
@@ -129,8 +137,9 @@ class Memory:
         elif chosen is None and recorded and recorded != DEFAULT_EMBEDDER:
             # A bank may come from anyone: a model it names is used only if it is already on this machine
             # (memr1's own default excepted: that one it would fetch for a new bank anyway).
-            self.embedder = LlamaEmbedder(recorded, n_threads=self._threads["embedder"],
-                                          named_by=f"the bank {self.store.path}")  # fmt: skip
+            self.embedder = LlamaEmbedder(
+                recorded, n_threads=self._threads["embedder"], named_by=f"the bank {self.store.path}"
+            )
         else:
             self.embedder = LlamaEmbedder(chosen or DEFAULT_EMBEDDER, n_threads=self._threads["embedder"])
         if embedder is not None:
@@ -172,27 +181,55 @@ class Memory:
 
     # ---- writes ----
 
-    def add(self, text: str, *, user: str = DEFAULT_USER, at: datetime | str | None = None,
-            metadata: dict[str, Any] | None = None) -> MemoryItem:  # fmt: skip
+    def add(
+        self,
+        text: str,
+        *,
+        user: str = DEFAULT_USER,
+        at: datetime | str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> MemoryItem:
         """Store one memory verbatim (no LLM); see `observe` for the Memory Manager."""
         text, user, moment, metadata = check_text(text), check_user(user), parse_time(at), check_metadata(metadata)
         vector = self._embed([text])[0]
-        change = Change("ADD", user, text=text, vector=vector.tobytes(), at=moment,
-                        at_ts=timestamp(moment or utcnow()), metadata=metadata)  # fmt: skip
+        change = Change(
+            "ADD",
+            user,
+            text=text,
+            vector=vector.tobytes(),
+            at=moment,
+            at_ts=timestamp(moment or utcnow()),
+            metadata=metadata,
+        )
         item = self.store.apply([change], actor="api")[0]
         assert item is not None
         return item
 
-    def update(self, memory_id: int, text: str, *, user: str | None = None, at: datetime | str | None = None,
-               metadata: dict[str, Any] | None = None) -> MemoryItem:  # fmt: skip
+    def update(
+        self,
+        memory_id: int,
+        text: str,
+        *,
+        user: str | None = None,
+        at: datetime | str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> MemoryItem:
         """Replace a memory's text (metadata is merged); the old text stays in its history."""
         memory_id, text, metadata = check_id(memory_id), check_text(text), check_metadata(metadata)
         user = check_user(user) if user is not None else None
         moment = parse_time(at)
         current = self.store.get(memory_id, user)  # fail fast, before the embedding work
         vector = self._embed([text])[0]
-        change = Change("UPDATE", current.user, memory_id=memory_id, text=text, vector=vector.tobytes(), at=moment,
-                        at_ts=timestamp(moment) if moment else None, metadata=metadata)  # fmt: skip
+        change = Change(
+            "UPDATE",
+            current.user,
+            memory_id=memory_id,
+            text=text,
+            vector=vector.tobytes(),
+            at=moment,
+            at_ts=timestamp(moment) if moment else None,
+            metadata=metadata,
+        )
         item = self.store.apply([change], actor="api")[0]
         assert item is not None
         return item
@@ -233,22 +270,40 @@ class Memory:
     def get(self, memory_id: int, *, user: str | None = None) -> MemoryItem:
         return self.store.get(check_id(memory_id), check_user(user) if user is not None else None)
 
-    def list(self, *, user: str | None = DEFAULT_USER, limit: int | None = None, offset: int = 0,
-             filters: dict[str, Any] | None = None) -> list[MemoryItem]:  # fmt: skip
+    def list(
+        self,
+        *,
+        user: str | None = DEFAULT_USER,
+        limit: int | None = None,
+        offset: int = 0,
+        filters: dict[str, Any] | None = None,
+    ) -> list[MemoryItem]:
         """Memories oldest first; `user=None` lists every user's."""
         for name, value in (("limit", limit), ("offset", offset)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62):
                 raise InvalidInput(f"{name} must be a non-negative int, got {value!r}"[:200])
-        return self.store.list(check_user(user) if user is not None else None, limit=limit, offset=offset or 0,
-                               filters=_check_filters(filters))  # fmt: skip
+        return self.store.list(
+            check_user(user) if user is not None else None,
+            limit=limit,
+            offset=offset or 0,
+            filters=_check_filters(filters),
+        )
 
     def history(self, memory_id: int, *, user: str | None = None) -> list[HistoryEntry]:
         """Every change to one memory, oldest first, including its deletion."""
         return self.store.history(check_id(memory_id), check_user(user) if user is not None else None)
 
-    def search(self, query: str, k: int = 10, *, user: str | None = DEFAULT_USER, since: datetime | str | None = None,
-               until: datetime | str | None = None, filters: dict[str, Any] | None = None,
-               mode: retrieval.Mode = "hybrid") -> list[Hit]:  # fmt: skip
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        user: str | None = DEFAULT_USER,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        filters: dict[str, Any] | None = None,
+        mode: retrieval.Mode = "hybrid",
+    ) -> list[Hit]:
         """Hybrid (vector + BM25) search within one user's memories (`user=None`: all users)."""
         query = check_text(query, "query")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
@@ -259,9 +314,18 @@ class Memory:
         start, end = parse_time(since, "since"), parse_time(until, "until")
         index = self._bind()
         vector = self._embed([query], query=True)[0] if mode != "text" else None
-        return retrieval.search(self.store, index, vector, query, k=k, user=user,
-                                since=timestamp(start) if start else None, until=timestamp(end) if end else None,
-                                filters=_check_filters(filters), mode=mode)  # fmt: skip
+        return retrieval.search(
+            self.store,
+            index,
+            vector,
+            query,
+            k=k,
+            user=user,
+            since=timestamp(start) if start else None,
+            until=timestamp(end) if end else None,
+            filters=_check_filters(filters),
+            mode=mode,
+        )
 
     # ---- bulk ----
 
@@ -306,8 +370,10 @@ class Memory:
             raise InvalidInput(f"cannot back up {self.path} onto itself")
         for sidecar in (Path(f"{target}-wal"), Path(f"{target}-shm")):
             if sidecar.exists():  # a new file under an open bank's -wal would be corrupted by it
-                raise InvalidInput(f"cannot back up to {target}: {sidecar.name} exists, so it is an open bank "
-                                   "(or one that was not closed cleanly); choose another path")  # fmt: skip
+                raise InvalidInput(
+                    f"cannot back up to {target}: {sidecar.name} exists, so it is an open bank "
+                    "(or one that was not closed cleanly); choose another path"
+                )
         try:
             self.store.backup(target)
         except OSError as e:
@@ -361,15 +427,25 @@ class Memory:
     @property
     def manager(self) -> LLM:
         if self._manager is None:
-            self._manager = as_llm(self._manager_spec, slot="manager", base_url=self._base_url,
-                                   n_threads=self._threads["manager"], server_options=self._server_options)  # fmt: skip
+            self._manager = as_llm(
+                self._manager_spec,
+                slot="manager",
+                base_url=self._base_url,
+                n_threads=self._threads["manager"],
+                server_options=self._server_options,
+            )
         return self._manager
 
     @property
     def answerer(self) -> LLM:
         if self._answerer is None:
-            self._answerer = as_llm(self._answerer_spec, slot="answerer", base_url=self._base_url,
-                                    n_threads=self._threads["answerer"], server_options=self._server_options)  # fmt: skip
+            self._answerer = as_llm(
+                self._answerer_spec,
+                slot="answerer",
+                base_url=self._base_url,
+                n_threads=self._threads["answerer"],
+                server_options=self._server_options,
+            )
         return self._answerer
 
     def _retrieve(self, question: str, k: int, *, user: str, sources: Sources) -> list[Shown]:
@@ -379,21 +455,32 @@ class Memory:
         index = self._bind()
         vector = self._embed([question], query=True)[0]  # once, for both searches
         if sources != "turns":
-            hits = retrieval.search(self.store, index, vector, question, k=k, user=user, since=None, until=None,
-                                    filters=None)  # fmt: skip
+            hits = retrieval.search(
+                self.store, index, vector, question, k=k, user=user, since=None, until=None, filters=None
+            )
             memories = [Shown(("memory", h.memory.id), h.memory.text, h.memory.at, h.memory) for h in hits]
         if sources != "memories":
             assert self._turns is not None  # made with the index
             ranked = retrieval.search_turns(self.store, self._turns, vector, question, k=k, user=user)
             found = self.store.get_turns([tid for tid, _ in ranked])
-            turns = [Shown(("turn", tid), prompts.absolute_dates(turn_line(t.speaker, t.text), t.at), t.at, t)
-                     for tid, _ in ranked if (t := found.get(tid)) is not None]  # fmt: skip
+            turns = [
+                Shown(("turn", tid), prompts.absolute_dates(turn_line(t.speaker, t.text), t.at), t.at, t)
+                for tid, _ in ranked
+                if (t := found.get(tid)) is not None
+            ]
         mixed = [item for pair in itertools.zip_longest(memories, turns) for item in pair if item is not None]
         return mixed[:k]
 
-    def _consult(self, llm: LLM, hits: list[Shown], schema: Callable[[list[prompts.Shown]], dict[str, Any]],
-                 parser: Callable[..., Any], *, build: Callable[[list[prompts.Shown]], list[dict[str, str]]],
-                 max_tokens: int) -> Completion:  # fmt: skip
+    def _consult(
+        self,
+        llm: LLM,
+        hits: list[Shown],
+        schema: Callable[[list[prompts.Shown]], dict[str, Any]],
+        parser: Callable[..., Any],
+        *,
+        build: Callable[[list[prompts.Shown]], list[dict[str, str]]],
+        max_tokens: int,
+    ) -> Completion:
         """One constrained call about `hits`, shown under small ids: as many of the best-ranked as the context holds.
 
         The schema is built for what is shown, so the grammar cannot name an id that was not."""
@@ -401,8 +488,12 @@ class Memory:
             shown = prompts.shown_memories([(h.key, h.text, h.at) for h in hits])
             ids = [h.key for h in hits]
             try:
-                completion = llm.complete(build(shown), schema(shown), max_tokens=max_tokens,
-                                          parse=lambda raw, shown=shown, ids=ids: parser(raw, shown, ids))  # fmt: skip
+                completion = llm.complete(
+                    build(shown),
+                    schema(shown),
+                    max_tokens=max_tokens,
+                    parse=lambda raw, shown=shown, ids=ids: parser(raw, shown, ids),
+                )
             except PromptTooLong as e:
                 if not hits:
                     raise
@@ -422,9 +513,16 @@ class Memory:
             self.usage["completion_tokens"] += completion.completion_tokens
             self.usage["llm_seconds"] += completion.seconds
 
-    def observe(self, turn: Turn | str | list[Turn], *, speaker: str | None = None, at: datetime | str | None = None,
-                session: str | None = None, user: str = DEFAULT_USER,
-                metadata: dict[str, Any] | None = None) -> list[Operation]:  # fmt: skip
+    def observe(
+        self,
+        turn: Turn | str | list[Turn],
+        *,
+        speaker: str | None = None,
+        at: datetime | str | None = None,
+        session: str | None = None,
+        user: str = DEFAULT_USER,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[Operation]:
         """Memory Manager: store the raw turn and apply the ADD/UPDATE/DELETE it implies, all in one transaction.
 
         One constrained LLM call per turn. Related memories are shown under small ids; ops naming
@@ -435,16 +533,24 @@ class Memory:
         is raised, again with nothing written.
         """
         if isinstance(turn, list):  # plain strings take this call's speaker, user, ...; Turns keep their own
-            return [op for t in turn for op in self.observe(t, speaker=speaker, at=at, session=session, user=user,
-                                                            metadata=metadata)]  # fmt: skip
+            return [
+                op
+                for t in turn
+                for op in self.observe(t, speaker=speaker, at=at, session=session, user=user, metadata=metadata)
+            ]
         if isinstance(turn, str):
             turn = _make_turn(text=turn, speaker=speaker, at=at, session=session, user=user, metadata=metadata)
         elif not isinstance(turn, Turn):
             raise InvalidInput(f"turn must be a Turn, a str or a list of Turn, got {type(turn).__name__}")
         text, user = check_text(turn.text, "turn text"), check_user(turn.user)
-        row = {"user": user, "text": text, "speaker": check_label(turn.speaker, "speaker"),
-               "session": check_label(turn.session, "session"), "at": turn.at,
-               "metadata": check_metadata(turn.metadata)}  # fmt: skip
+        row = {
+            "user": user,
+            "text": text,
+            "speaker": check_label(turn.speaker, "speaker"),
+            "session": check_label(turn.session, "session"),
+            "at": turn.at,
+            "metadata": check_metadata(turn.metadata),
+        }
         row["vector"] = self._embed([turn_line(turn.speaker, text)])[0].tobytes()  # for ask(sources=...)
         attempt = 0
         while True:
@@ -453,13 +559,15 @@ class Memory:
             # DELETE whose memory changed since; then the turn is decided again on fresh memories.
             related = self.search(text, self.related_k, user=user) if self.related_k else []
             completion = self._consult(
-                self.manager, [Shown(h.memory.id, h.memory.text, h.memory.at, h.memory) for h in related],
+                self.manager,
+                [Shown(h.memory.id, h.memory.text, h.memory.at, h.memory) for h in related],
                 lambda shown: prompts.manager_schema([m.id for m in shown]),
                 functools.partial(prompts.parse_manager, turn=text, speaker=turn.speaker, at=turn.at),
                 max_tokens=MANAGER_MAX_TOKENS,
-                build=lambda shown: prompts.manager_messages(text, speaker=turn.speaker, at=turn.at,
-                                                             session=turn.session, memories=shown),
-            )  # fmt: skip
+                build=lambda shown: prompts.manager_messages(
+                    text, speaker=turn.speaker, at=turn.at, session=turn.session, memories=shown
+                ),
+            )
             plan: prompts.ManagerPlan = completion.value
             seen = {h.memory.id: h.memory for h in related}
             new_texts = [op.text for op in plan.ops if op.event in ("ADD", "UPDATE")]
@@ -475,7 +583,7 @@ class Memory:
                     at_ts=moment,
                     vector=next(vectors).tobytes() if op.event in ("ADD", "UPDATE") else None,
                     seen=seen.get(op.memory_id) if op.memory_id is not None else None,
-                )  # fmt: skip
+                )
                 for op in plan.ops
             ]
             try:
@@ -494,15 +602,18 @@ class Memory:
                     memory_id=item.id if item else op.memory_id,  # type: ignore[arg-type]
                     text=item.text if item else None,
                     previous=seen[op.memory_id].text if op.memory_id in seen else None,
-                )  # fmt: skip
+                )
                 for op, item in zip(plan.ops, items, strict=True)
             ]
-            held = [Operation(kind="NOOP", memory_id=mid, text=seen[mid].text if mid in seen else None)
-                    for mid in plan.noops]  # fmt: skip
+            held = [
+                Operation(kind="NOOP", memory_id=mid, text=seen[mid].text if mid in seen else None)
+                for mid in plan.noops
+            ]
             return applied + held
 
-    def observe_many(self, turns: Iterable[Turn | dict[str, Any]], *, user: str = DEFAULT_USER,
-                     progress: bool = True) -> list[Operation]:  # fmt: skip
+    def observe_many(
+        self, turns: Iterable[Turn | dict[str, Any]], *, user: str = DEFAULT_USER, progress: bool = True
+    ) -> list[Operation]:
         """Observe turns in order, with a progress bar; dicts take Turn's fields (user defaults to `user`)."""
         from tqdm.auto import tqdm
 
@@ -518,8 +629,16 @@ class Memory:
 
     ingest = observe_many
 
-    def ask(self, question: str, *, user: str = DEFAULT_USER, k: int = 60, now: datetime | str | None = None,
-            distill: bool = True, sources: Sources = DEFAULT_SOURCES) -> Answer:  # fmt: skip
+    def ask(
+        self,
+        question: str,
+        *,
+        user: str = DEFAULT_USER,
+        k: int = 60,
+        now: datetime | str | None = None,
+        distill: bool = True,
+        sources: Sources = DEFAULT_SOURCES,
+    ) -> Answer:
         """Answer Agent: retrieve up to k items, distil the ones that matter, answer briefly.
 
         `sources` says what is retrieved: the manager's "memories", the raw "turns" as they were said, or
@@ -537,20 +656,31 @@ class Memory:
             return Answer(text=prompts.UNKNOWN_ANSWER, seconds=time.perf_counter() - start)
         asked_on = parse_time(now, "now")
         schema, parser = (
-            (lambda shown: prompts.answer_schema(len(shown)), prompts.parse_answer) if distill
+            (lambda shown: prompts.answer_schema(len(shown)), prompts.parse_answer)
+            if distill
             else (lambda shown: prompts.DIRECT_ANSWER_SCHEMA, prompts.parse_direct_answer)
-        )  # fmt: skip
+        )
         completion = self._consult(
-            self.answerer, hits, schema, parser, max_tokens=256,
+            self.answerer,
+            hits,
+            schema,
+            parser,
+            max_tokens=256,
             build=lambda shown: prompts.answer_messages(question, memories=shown, now=asked_on, distill=distill),
-        )  # fmt: skip
+        )
         text, selected = completion.value
         by_key = {h.key: h.item for h in hits}
         chosen = [by_key[key] for key in selected]
-        return Answer(text=text, selected=[i for i in chosen if isinstance(i, MemoryItem)],
-                      selected_turns=[i for i in chosen if isinstance(i, StoredTurn)], retrieved=len(hits),
-                      prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
-                      llm_calls=completion.attempts, seconds=time.perf_counter() - start)  # fmt: skip
+        return Answer(
+            text=text,
+            selected=[i for i in chosen if isinstance(i, MemoryItem)],
+            selected_turns=[i for i in chosen if isinstance(i, StoredTurn)],
+            retrieved=len(hits),
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            llm_calls=completion.attempts,
+            seconds=time.perf_counter() - start,
+        )
 
 
 def _make_turn(**fields: Any) -> Turn:
@@ -637,8 +767,10 @@ def _read_export(path: Path) -> list[ImportSection]:
                     check_label(row.get("speaker"), "speaker"), check_label(row.get("session"), "session")
                     row["at"] = _iso(parse_time(row.get("at")))
                     row["created_at"] = _iso(parse_time(row.get("created_at"), "created_at"))
-                    section.turns.append({k: row.get(k) for k in ("id", "user", "session", "speaker", "text", "at",
-                                                                  "created_at")} | {"metadata": row.get("metadata") or {}})  # fmt: skip
+                    section.turns.append(
+                        {k: row.get(k) for k in ("id", "user", "session", "speaker", "text", "at", "created_at")}
+                        | {"metadata": row.get("metadata") or {}}
+                    )
                 else:
                     raise ValueError(f"unknown line type {kind!r}")
             except (ValueError, TypeError, ValidationError, InvalidInput, RecursionError) as e:
@@ -663,8 +795,10 @@ class _Section:
         glued together without the second one's header."""
         first = self.lines.setdefault((kind, ident), number)
         if first != number:
-            raise ValueError(f"{kind} id {ident} appears twice in one export (first on line {first}); "
-                             "concatenated exports must each keep their header line")  # fmt: skip
+            raise ValueError(
+                f"{kind} id {ident} appears twice in one export (first on line {first}); "
+                "concatenated exports must each keep their header line"
+            )
 
     def close(self, path: Path) -> ImportSection:
         """Every history row must be about one of this export's memories, as its user, and each memory's
@@ -685,8 +819,11 @@ class _Section:
             h = last.get(m["id"])
             if h is not None and (h["kind"] == "DELETE" or h["after"] != m["text"]):
                 number = self.lines[("memory", m["id"])]
-                raise InvalidInput(f"{path}, line {number}: memory {m['id']}'s history does not replay to its text "
-                                   f"(its last change is {h['kind']} to {h['after']!r})"[:300] + "; nothing was imported")  # fmt: skip
+                raise InvalidInput(
+                    f"{path}, line {number}: memory {m['id']}'s history does not replay to its text "
+                    f"(its last change is {h['kind']} to {h['after']!r})"[:300]
+                    + "; nothing was imported"
+                )
         return ImportSection(self.turns, self.memories, [h for _, h in self.history])
 
 
@@ -721,8 +858,9 @@ def _bounded_lines(f: Any, path: Path) -> Iterator[tuple[int, str]]:
             return
         number += 1
         if len(raw.removesuffix(b"\n")) > MAX_IMPORT_LINE_BYTES:
-            raise InvalidInput(f"{path}, line {number} is longer than 1 MiB, more than any export writes; "
-                               "nothing was imported")  # fmt: skip
+            raise InvalidInput(
+                f"{path}, line {number} is longer than 1 MiB, more than any export writes; nothing was imported"
+            )
         try:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as e:

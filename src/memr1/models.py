@@ -119,8 +119,10 @@ def _from_hub(ref: ModelRef, *, download: bool = True) -> Path:
         raise ModelNotAvailable(f"model {ref.label!r} is not in the local Hugging Face cache")
     global _hub_failed_at
     if _hub_failed_at is not None and time.monotonic() - _hub_failed_at < _HUB_RETRY_AFTER_S:
-        raise ModelNotAvailable(f"model {ref.label!r} is not in the Hugging Face cache and the hub was unreachable "
-                                f"moments ago; pass a local .gguf path or retry later")  # fmt: skip
+        raise ModelNotAvailable(
+            f"model {ref.label!r} is not in the Hugging Face cache and the hub was unreachable "
+            f"moments ago; pass a local .gguf path or retry later"
+        )
     try:
         return Path(hf_hub_download(ref.repo_id, ref.filename))
     except Exception as e:
@@ -234,8 +236,10 @@ def probe(path: Path, *, embedding: bool) -> bool:
         if done.returncode != 0:
             done = first  # the first failure is the one that explains the file
     if done.returncode != 0:
-        raise ModelNotAvailable(f"llama.cpp cannot load {path}: {_why(done)}; refusing it "
-                                "(MEMR1_PROBE=0 skips this check for files you trust)")  # fmt: skip
+        raise ModelNotAvailable(
+            f"llama.cpp cannot load {path}: {_why(done)}; refusing it "
+            "(MEMR1_PROBE=0 skips this check for files you trust)"
+        )
     _probed[key] = extra_bufts
     if marker is not None:
         try:
@@ -254,8 +258,10 @@ def _run_probe(path: Path, *, embedding: bool, extra_bufts: bool) -> subprocess.
         argv = [sys.executable, "-c", _PROBE, str(path), "1" if embedding else "0", "1" if extra_bufts else "0"]
         return subprocess.run(argv, env=env, capture_output=True, text=True, errors="replace", timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise ModelNotAvailable(f"llama.cpp did not load and run {path} within {timeout:.0f}s; "
-                                "refusing it (a malformed file can make it hang)") from None  # fmt: skip
+        raise ModelNotAvailable(
+            f"llama.cpp did not load and run {path} within {timeout:.0f}s; "
+            "refusing it (a malformed file can make it hang)"
+        ) from None
 
 
 def _why(done: subprocess.CompletedProcess[str]) -> str:

@@ -282,8 +282,15 @@ def _clean(text: str) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
-def parse_manager(raw: Any, shown: Sequence[Shown], db_ids: Sequence[int], *, turn: str = "",
-                  speaker: str | None = None, at: datetime | None = None) -> ManagerPlan:  # fmt: skip
+def parse_manager(
+    raw: Any,
+    shown: Sequence[Shown],
+    db_ids: Sequence[int],
+    *,
+    turn: str = "",
+    speaker: str | None = None,
+    at: datetime | None = None,
+) -> ManagerPlan:
     """Validate manager output and turn its facts into changes in database ids.
 
     What the model cannot be trusted with is settled here, the same way in inference and training:
@@ -365,8 +372,11 @@ def _stems(text: str) -> set[str]:
     """Content words, cut to five letters: "adopted"/"adopts", "dogs"/"dog" meet, "I"/"the" do not count.
 
     Numbers and codes stay whole: "2023" and "2022" are different facts."""
-    words = (w for w in _WORDS.findall(text.lower())
-             if w in _NEGATIONS or (w not in _FUNCTION_WORDS and (len(w) > 2 or any(c.isdigit() for c in w))))  # fmt: skip
+    words = (
+        w
+        for w in _WORDS.findall(text.lower())
+        if w in _NEGATIONS or (w not in _FUNCTION_WORDS and (len(w) > 2 or any(c.isdigit() for c in w)))
+    )
     return {w if any(c.isdigit() for c in w) else (w[:-1] if len(w) > 3 and w.endswith("s") else w)[:5] for w in words}
 
 
@@ -425,8 +435,15 @@ def written_fact(fact: str, *, speaker: str | None, at: datetime | None) -> str:
     if speaker and (match := _FIRST_PERSON.match(text)):
         word = match.group(1).lower()
         rest = text[match.end() :]
-        text = {"i": speaker, "me": speaker, "my": f"{speaker}'s", "i'm": f"{speaker} is", "i've": f"{speaker} has",
-                "i'd": f"{speaker} would", "i'll": f"{speaker} will"}[word] + rest  # fmt: skip
+        text = {
+            "i": speaker,
+            "me": speaker,
+            "my": f"{speaker}'s",
+            "i'm": f"{speaker} is",
+            "i've": f"{speaker} has",
+            "i'd": f"{speaker} would",
+            "i'll": f"{speaker} will",
+        }[word] + rest
     return absolute_dates(text, at)[:MAX_FACT_CHARS]
 
 

@@ -129,8 +129,12 @@ class VectorIndex:
             if self._seen < 0 or head < self._seen or head - self._seen > max(2048, len(self) // 4):
                 self._rebuild(conn)
             else:
-                changed = [r[0] for r in conn.execute(
-                    "SELECT DISTINCT memory_id FROM history WHERE id > ? AND id <= ?", (self._seen, head))]  # fmt: skip
+                changed = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT DISTINCT memory_id FROM history WHERE id > ? AND id <= ?", (self._seen, head)
+                    )
+                ]
                 marks = ",".join("?" * len(changed))
                 rows = conn.execute(
                     f"SELECT m.id, m.user_id, m.at_ts, v.embedding FROM memories m "
@@ -156,8 +160,13 @@ class VectorIndex:
         self._users = {}
         users = [self._code(meta[mid][0]) for mid in ids]
         self._buf, self._n, self._dead = self._alloc(self._room(len(ids))), len(ids), 0
-        self._write(slice(0, len(ids)), np.asarray(ids, np.int64), matrix, np.asarray(users, np.int32),
-                    np.asarray([meta[mid][1] for mid in ids], np.float64))  # fmt: skip
+        self._write(
+            slice(0, len(ids)),
+            np.asarray(ids, np.int64),
+            matrix,
+            np.asarray(users, np.int32),
+            np.asarray([meta[mid][1] for mid in ids], np.float64),
+        )
         self.rebuilds += 1
 
     def _drop(self, ids: Iterable[int]) -> None:
@@ -204,8 +213,9 @@ class VectorIndex:
         at = np.minimum(np.searchsorted(held, ids), len(held) - 1)
         return np.where(held[at] == ids, at, -1)
 
-    def _write(self, at: slice | np.ndarray, ids: np.ndarray, matrix: np.ndarray, users: np.ndarray,
-               ts: np.ndarray) -> None:  # fmt: skip
+    def _write(
+        self, at: slice | np.ndarray, ids: np.ndarray, matrix: np.ndarray, users: np.ndarray, ts: np.ndarray
+    ) -> None:
         b = self._buf
         b.ids[at], b.bits[:, at], b.vecs[at], b.users[at], b.ts[at] = ids, self._pack(matrix), matrix, users, ts
         b.live[at] = True
@@ -223,9 +233,14 @@ class VectorIndex:
         return n + n // 8 + 64  # the writes after a rebuild or compaction fill spare rows, not new arrays
 
     def _alloc(self, capacity: int) -> _Rows:
-        return _Rows(np.empty(capacity, np.int64), np.empty(((self.dim + 63) // 64, capacity), np.uint64),
-                     np.empty((capacity, self.dim), np.float16), np.empty(capacity, np.int32),
-                     np.empty(capacity, np.float64), np.zeros(capacity, bool))  # fmt: skip
+        return _Rows(
+            np.empty(capacity, np.int64),
+            np.empty(((self.dim + 63) // 64, capacity), np.uint64),
+            np.empty((capacity, self.dim), np.float16),
+            np.empty(capacity, np.int32),
+            np.empty(capacity, np.float64),
+            np.zeros(capacity, bool),
+        )
 
     def _code(self, user: str) -> int:
         return self._users.setdefault(user, len(self._users))
@@ -238,8 +253,9 @@ class VectorIndex:
 
     # ---- the coarse pass ----
 
-    def _scope(self, r: _Rows, user: str | None, since: float | None, until: float | None,
-               allowed: np.ndarray | None) -> np.ndarray | None:  # fmt: skip
+    def _scope(
+        self, r: _Rows, user: str | None, since: float | None, until: float | None, allowed: np.ndarray | None
+    ) -> np.ndarray | None:
         """Row numbers within the scope (None: an unknown user, so nothing)."""
         mask = r.live.copy()
         if user is not None:
@@ -254,8 +270,16 @@ class VectorIndex:
             mask &= np.isin(r.ids, allowed)
         return np.flatnonzero(mask)
 
-    def nearest(self, query: np.ndarray, n: int, *, user: str | None = None, since: float | None = None,
-                until: float | None = None, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:  # fmt: skip
+    def nearest(
+        self,
+        query: np.ndarray,
+        n: int,
+        *,
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> list[tuple[int, float]]:
         """Up to n (memory id, cosine) pairs, best first, within the scope."""
         with self.lock:
             r = self._rows
@@ -275,9 +299,17 @@ class VectorIndex:
             order = np.argsort(-sims, kind="stable")[:n]
             return [(int(r.ids[rows[i]]), float(sims[i])) for i in order]
 
-    def neighbours(self, ids: Sequence[int], radius: int, *, gap: float, user: str | None = None,
-                   since: float | None = None, until: float | None = None,
-                   allowed: np.ndarray | None = None) -> list[tuple[int, int, int]]:  # fmt: skip
+    def neighbours(
+        self,
+        ids: Sequence[int],
+        radius: int,
+        *,
+        gap: float,
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> list[tuple[int, int, int]]:
         """(memory id, neighbour id, distance) for the memories up to `radius` before and after each id
         in its user's bank, within the scope and at most `gap` seconds from it."""
         with self.lock:  # sync changes rows in place: read them all under the lock
@@ -288,8 +320,9 @@ class VectorIndex:
             return self._links(r, rows, ids, radius, gap, user)
 
     @staticmethod
-    def _links(r: _Rows, rows: np.ndarray, ids: Sequence[int], radius: int, gap: float,
-               user: str | None) -> list[tuple[int, int, int]]:  # fmt: skip
+    def _links(
+        r: _Rows, rows: np.ndarray, ids: Sequence[int], radius: int, gap: float, user: str | None
+    ) -> list[tuple[int, int, int]]:
         if user is None:  # several users: order the scope by user, then id
             rows = rows[np.lexsort((r.ids[rows], r.users[rows]))]
         where = np.full(len(r.ids), -1, np.int64)  # row number -> place in the scope
@@ -355,8 +388,9 @@ def fuse_scores(*lists: tuple[Sequence[tuple[int, float]], float, float | None])
     return fused
 
 
-def spread(scores: dict[int, float], links: Sequence[tuple[int, int, int]],
-           shares: Sequence[float]) -> dict[int, float]:  # fmt: skip
+def spread(
+    scores: dict[int, float], links: Sequence[tuple[int, int, int]], shares: Sequence[float]
+) -> dict[int, float]:
     """Give each memory `shares[d-1]` of the score of each linked memory d steps away."""
     out = dict(scores)
     for mid, other, distance in links:
@@ -364,9 +398,20 @@ def spread(scores: dict[int, float], links: Sequence[tuple[int, int, int]],
     return out
 
 
-def search(store: Store, index: VectorIndex, query_vector: np.ndarray | None, query: str, *, k: int,
-           user: str | None, since: float | None, until: float | None, filters: dict[str, Any] | None,
-           mode: Mode = "hybrid", tuning: Tuning = DEFAULT_TUNING) -> list[Hit]:  # fmt: skip
+def search(
+    store: Store,
+    index: VectorIndex,
+    query_vector: np.ndarray | None,
+    query: str,
+    *,
+    k: int,
+    user: str | None,
+    since: float | None,
+    until: float | None,
+    filters: dict[str, Any] | None,
+    mode: Mode = "hybrid",
+    tuning: Tuning = DEFAULT_TUNING,
+) -> list[Hit]:
     """Top-k hits; each list is max(k, tuning.depth) long before fusion, and context only joins hybrid search."""
     depth = max(k, tuning.depth)
     vector: list[tuple[int, float]] = []
@@ -379,8 +424,10 @@ def search(store: Store, index: VectorIndex, query_vector: np.ndarray | None, qu
         index.sync(store)
         vector = index.nearest(query_vector, depth, user=user, since=since, until=until, allowed=allowed)
     if mode in ("hybrid", "text") and (match := fts_query(query)):
-        text = [(mid, -bm25) for mid, bm25 in store.fts(match, limit=depth, user=user, since=since,
-                                                          until=until, filters=filters)]  # fmt: skip
+        text = [
+            (mid, -bm25)
+            for mid, bm25 in store.fts(match, limit=depth, user=user, since=since, until=until, filters=filters)
+        ]
     if tuning.fusion == "rrf":
         fused = fuse([m for m, _ in vector], [m for m, _ in text])
     else:
@@ -392,8 +439,15 @@ def search(store: Store, index: VectorIndex, query_vector: np.ndarray | None, qu
                 fused[mid] += tuning.time_boost if states_time(said) else 0.0
         if mode == "hybrid" and tuning.context and fused:
             index.sync(store)
-            links = index.neighbours(list(fused), len(tuning.context), gap=tuning.context_gap, user=user,
-                                     since=since, until=until, allowed=allowed)  # fmt: skip
+            links = index.neighbours(
+                list(fused),
+                len(tuning.context),
+                gap=tuning.context_gap,
+                user=user,
+                since=since,
+                until=until,
+                allowed=allowed,
+            )
             fused = spread(fused, links, tuning.context)
     top = sorted(fused, key=lambda m: -fused[m])[:k]
     items = store.get_many(top)
@@ -424,8 +478,11 @@ class _Turns:
         start, end = self.n, self.n + len(fresh)
         if end > len(self.ids):  # grown by half: each vector is copied O(1) times on average
             size = max(end, len(self.ids) * 3 // 2, 64)
-            self.ids, self.sessions, self.vecs = (np.resize(self.ids, size), np.resize(self.sessions, size),
-                                                  np.resize(self.vecs, (size, self.vecs.shape[1])))  # fmt: skip
+            self.ids, self.sessions, self.vecs = (
+                np.resize(self.ids, size),
+                np.resize(self.sessions, size),
+                np.resize(self.vecs, (size, self.vecs.shape[1])),
+            )
         self.ids[start:end] = [row[0] for row in fresh]
         self.sessions[start:end] = [row[1] for row in fresh]
         vecs = np.frombuffer(b"".join(row[2] for row in fresh), np.float32)
@@ -460,8 +517,16 @@ class TurnIndex:
             return held.ids[:n], held.sessions[:n], held.vecs[:n]
 
 
-def search_turns(store: Store, index: TurnIndex, query_vector: np.ndarray | None, query: str, *, k: int,
-                 user: str, tuning: Tuning = DEFAULT_TUNING) -> list[tuple[int, float]]:  # fmt: skip
+def search_turns(
+    store: Store,
+    index: TurnIndex,
+    query_vector: np.ndarray | None,
+    query: str,
+    *,
+    k: int,
+    user: str,
+    tuning: Tuning = DEFAULT_TUNING,
+) -> list[tuple[int, float]]:
     """Top-k (turn id, score) by the fusion memories use: vectors and BM25, a time boost for "when"
     questions, and a share of the score for the turns said just before and after in the same session."""
     depth = max(k, tuning.depth)

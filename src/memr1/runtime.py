@@ -162,8 +162,10 @@ def shared_llama(path: Path, *, slot: str = "", threads: int, **kwargs: Any) -> 
         if key not in _loaded:
             if _LLAMA_LOADED_EARLY and not _OMP_CHOSEN_BY_USER and not _warned_early_import:
                 _warned_early_import = True
-                log.warning("llama_cpp was imported before memr1, so OpenMP threads may spin and starve other "
-                            "processes; import memr1 first or set OMP_WAIT_POLICY=passive")  # fmt: skip
+                log.warning(
+                    "llama_cpp was imported before memr1, so OpenMP threads may spin and starve other "
+                    "processes; import memr1 first or set OMP_WAIT_POLICY=passive"
+                )
             header(path)  # gguf-py's checks, then llama.cpp's, in a throwaway process: never abort() this one
             extra_bufts = probe(path, embedding=bool(kwargs.get("embedding")))
             try:

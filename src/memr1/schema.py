@@ -186,8 +186,9 @@ def _check_json(value: object, where: str, depth: int = 0) -> None:
             _unicode(key, f"a key in {where}")
             _check_json(item, f"{where}.{key}"[:200], depth + 1)
     else:
-        raise InvalidInput(f"{where} must be JSON (dict, list, str, int, float, bool or None), "
-                           f"not {type(value).__name__}")  # fmt: skip
+        raise InvalidInput(
+            f"{where} must be JSON (dict, list, str, int, float, bool or None), not {type(value).__name__}"
+        )
 
 
 _LOCOMO_FORMATS = ("%I:%M %p on %d %B, %Y", "%I:%M %p on %d %b, %Y")

@@ -193,8 +193,7 @@ def memory_key(row: dict[str, Any]) -> tuple[Any, ...]:
 
 def turn_key(row: dict[str, Any]) -> tuple[Any, ...]:
     """What makes an imported turn one the bank already holds."""
-    return (row["user"], row["session"], row["speaker"], row["text"], _instant(row["at"]),
-            _instant(row["created_at"]))  # fmt: skip
+    return (row["user"], row["session"], row["speaker"], row["text"], _instant(row["at"]), _instant(row["created_at"]))
 
 
 def row_to_item(row: Sequence[Any]) -> MemoryItem:
@@ -334,8 +333,10 @@ class Store:
         if now == self._identity:
             return None
         what = "deleted" if now is None else "replaced by another file"
-        return (f"{self.path} was {what} after this Memory opened it; nothing was written. Close it and open "
-                "the bank again (and never replace or delete a bank's files while it is open)")  # fmt: skip
+        return (
+            f"{self.path} was {what} after this Memory opened it; nothing was written. Close it and open "
+            "the bank again (and never replace or delete a bank's files while it is open)"
+        )
 
     def _disown_wal(self) -> None:
         """Empty the -wal of a bank whose file was replaced: it is found by name, so the new file would
@@ -530,16 +531,35 @@ class Store:
         return current
 
     @staticmethod
-    def _history(conn: Any, mid: int, user: str, kind: str, before: str | None, after: str | None,
-                 actor: str, turn_id: int | None, changed_at: str) -> None:  # fmt: skip
+    def _history(
+        conn: Any,
+        mid: int,
+        user: str,
+        kind: str,
+        before: str | None,
+        after: str | None,
+        actor: str,
+        turn_id: int | None,
+        changed_at: str,
+    ) -> None:
         conn.execute(
             "INSERT INTO history (memory_id, user_id, kind, before, after, changed_at, actor, turn_id) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (mid, user, kind, before, after, changed_at, actor, turn_id),
         )
 
-    def add_turn(self, conn: Any, *, user: str, text: str, speaker: str | None, session: str | None,
-                 at: datetime | None, metadata: dict[str, Any], vector: bytes | None = None) -> int:  # fmt: skip
+    def add_turn(
+        self,
+        conn: Any,
+        *,
+        user: str,
+        text: str,
+        speaker: str | None,
+        session: str | None,
+        at: datetime | None,
+        metadata: dict[str, Any],
+        vector: bytes | None = None,
+    ) -> int:
         """Insert a raw turn (and its vector, for `ask(sources=...)`) inside the caller's transaction."""
         turn_id = conn.execute(
             "INSERT INTO turns (user_id, session, speaker, text, at, created_at, metadata) "
@@ -577,11 +597,21 @@ class Store:
 
     def get_turns(self, ids: Sequence[int]) -> dict[int, StoredTurn]:
         marks = ",".join("?" * len(ids))
-        rows = self.query(f"SELECT id, user_id, session, speaker, text, at, metadata FROM turns WHERE id IN ({marks})",
-                          list(ids))  # fmt: skip
-        return {r[0]: StoredTurn(id=r[0], user=r[1], session=r[2], speaker=r[3], text=r[4],
-                                 at=datetime.fromisoformat(r[5]) if r[5] else None, metadata=json.loads(r[6]))
-                for r in rows}  # fmt: skip
+        rows = self.query(
+            f"SELECT id, user_id, session, speaker, text, at, metadata FROM turns WHERE id IN ({marks})", list(ids)
+        )
+        return {
+            r[0]: StoredTurn(
+                id=r[0],
+                user=r[1],
+                session=r[2],
+                speaker=r[3],
+                text=r[4],
+                at=datetime.fromisoformat(r[5]) if r[5] else None,
+                metadata=json.loads(r[6]),
+            )
+            for r in rows
+        }
 
     def delete_turns(self, conn: Any, user: str) -> int:
         return conn.execute("DELETE FROM turns WHERE user_id = ?", (user,)).rowcount
@@ -620,8 +650,9 @@ class Store:
         with self.write() as conn:
             count = conn.execute("SELECT count(*) FROM memories WHERE user_id = ?", (user,)).fetchone()[0]
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'vec_memories'").fetchone():
-                conn.execute("DELETE FROM vec_memories WHERE memory_id IN (SELECT id FROM memories WHERE user_id = ?)",
-                             (user,))  # fmt: skip
+                conn.execute(
+                    "DELETE FROM vec_memories WHERE memory_id IN (SELECT id FROM memories WHERE user_id = ?)", (user,)
+                )
             conn.execute("DELETE FROM memories WHERE user_id = ?", (user,))  # the trigger deletes from fts_memories
             conn.execute("DELETE FROM history WHERE user_id = ?", (user,))
             conn.execute("DELETE FROM turns WHERE user_id = ?", (user,))  # ... from fts_turns and turn_vectors
@@ -635,8 +666,11 @@ class Store:
             )
         busy, _, _ = self.checkpoint()
         if busy:
-            log.warning("%s: another connection still reads an older snapshot, so the -wal keeps copies of "
-                        "erased pages until the next checkpoint (closing every connection makes one)", self.path)  # fmt: skip
+            log.warning(
+                "%s: another connection still reads an older snapshot, so the -wal keeps copies of "
+                "erased pages until the next checkpoint (closing every connection makes one)",
+                self.path,
+            )
         return count
 
     def erasures(self) -> int:
@@ -664,9 +698,16 @@ class Store:
                         tid = conn.execute(
                             "INSERT INTO turns (user_id, session, speaker, text, at, created_at, metadata) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                            (t["user"], t["session"], t["speaker"], t["text"], t["at"], t["created_at"],
-                             json.dumps(t["metadata"])),
-                        ).fetchone()[0]  # fmt: skip
+                            (
+                                t["user"],
+                                t["session"],
+                                t["speaker"],
+                                t["text"],
+                                t["at"],
+                                t["created_at"],
+                                json.dumps(t["metadata"]),
+                            ),
+                        ).fetchone()[0]
                         new_turns.setdefault(key, tid)
                     if t["id"] is not None:
                         turn_ids[t["id"]] = tid
@@ -677,15 +718,24 @@ class Store:
                     if key in held_memories:
                         continue
                     if m.get("vector") is None:  # held when the import looked, gone now: its vector was never made
-                        raise Conflict(f"{self.path} changed while the import was embedding; nothing was imported, "
-                                       "retry")  # fmt: skip
+                        raise Conflict(
+                            f"{self.path} changed while the import was embedding; nothing was imported, retry"
+                        )
                     sources = list(dict.fromkeys(turn_ids[s] for s in m["source_turns"] if s in turn_ids))
                     new = conn.execute(
                         "INSERT INTO memories (user_id, text, at, at_ts, created_at, updated_at, metadata, source_turns) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                        (m["user"], m["text"], m["at"], m["at_ts"], m["created_at"], m["updated_at"],
-                         json.dumps(m["metadata"]), json.dumps(sources)),
-                    ).fetchone()[0]  # fmt: skip
+                        (
+                            m["user"],
+                            m["text"],
+                            m["at"],
+                            m["at_ts"],
+                            m["created_at"],
+                            m["updated_at"],
+                            json.dumps(m["metadata"]),
+                            json.dumps(sources),
+                        ),
+                    ).fetchone()[0]
                     conn.execute("INSERT INTO vec_memories (memory_id, embedding) VALUES (?, ?)", (new, m["vector"]))
                     memory_ids[m["id"]] = new
                     new_memories.add(key)
@@ -694,12 +744,30 @@ class Store:
                     if h["memory_id"] not in memory_ids:  # a skipped memory keeps the history the bank has
                         continue
                     has_history.add(h["memory_id"])
-                    self._history(conn, memory_ids[h["memory_id"]], h["user"], h["kind"], h["before"], h["after"],
-                                  h["actor"], turn_ids.get(h["turn_id"]), h["changed_at"])  # fmt: skip
+                    self._history(
+                        conn,
+                        memory_ids[h["memory_id"]],
+                        h["user"],
+                        h["kind"],
+                        h["before"],
+                        h["after"],
+                        h["actor"],
+                        turn_ids.get(h["turn_id"]),
+                        h["changed_at"],
+                    )
                 for m in section.memories:  # every memory needs an ADD row: the index follows history
                     if m["id"] in memory_ids and m["id"] not in has_history:
-                        self._history(conn, memory_ids[m["id"]], m["user"], "ADD", None, m["text"], "import", None,
-                                      utcnow().isoformat())  # fmt: skip
+                        self._history(
+                            conn,
+                            memory_ids[m["id"]],
+                            m["user"],
+                            "ADD",
+                            None,
+                            m["text"],
+                            "import",
+                            None,
+                            utcnow().isoformat(),
+                        )
                 held_memories |= new_memories
                 held_turns = new_turns | held_turns
                 added += len(memory_ids)
@@ -745,16 +813,27 @@ class Store:
         rows = self.query(f"SELECT {MEMORY_COLUMNS} FROM memories WHERE id IN ({marks})", list(ids))
         return {row[0]: row_to_item(row) for row in rows}
 
-    def list(self, user: str | None = None, *, limit: int | None = None, offset: int = 0,
-             filters: dict[str, Any] | None = None) -> list[MemoryItem]:  # fmt: skip
+    def list(
+        self,
+        user: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        filters: dict[str, Any] | None = None,
+    ) -> list[MemoryItem]:
         where, params = self.where(user=user, filters=filters)
         sql = f"SELECT {MEMORY_COLUMNS} FROM memories {where} ORDER BY id LIMIT ? OFFSET ?"
         rows = self.query(sql, [*params, -1 if limit is None else int(limit), int(offset)])
         return [row_to_item(row) for row in rows]
 
     @staticmethod
-    def where(user: str | None = None, since: float | None = None, until: float | None = None,
-              filters: dict[str, Any] | None = None, alias: str = "") -> tuple[str, list[Any]]:  # fmt: skip
+    def where(
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        filters: dict[str, Any] | None = None,
+        alias: str = "",
+    ) -> tuple[str, list[Any]]:
         """Build a WHERE clause: values are always bound; metadata keys are allow-listed and quoted."""
         clauses, params = [], []
         if user is not None:
@@ -785,8 +864,16 @@ class Store:
             raise MemoryNotFound(f"no memory with id {memory_id}" + (f" for user {user!r}" if user else ""))
         return [row_to_history(row) for row in rows]
 
-    def fts(self, match: str, *, limit: int, user: str | None, since: float | None, until: float | None,
-            filters: dict[str, Any] | None) -> list[tuple[int, float]]:  # fmt: skip
+    def fts(
+        self,
+        match: str,
+        *,
+        limit: int,
+        user: str | None,
+        since: float | None,
+        until: float | None,
+        filters: dict[str, Any] | None,
+    ) -> list[tuple[int, float]]:
         where, params = self.where(user=user, since=since, until=until, filters=filters, alias="m.")
         where = where.replace("WHERE", "AND", 1)
         sql = (
@@ -834,8 +921,10 @@ class Store:
                     replayed[mid] = (user, after)
             if replayed != memories:
                 wrong = sorted(m for m in replayed.keys() | memories.keys() if replayed.get(m) != memories.get(m))
-                problems += [f"memory {m} is {memories.get(m)!r} but its history replays to {replayed.get(m)!r}"
-                             for m in wrong[:20]]  # fmt: skip
+                problems += [
+                    f"memory {m} is {memories.get(m)!r} but its history replays to {replayed.get(m)!r}"
+                    for m in wrong[:20]
+                ]
         return problems
 
     def sqlite_info(self) -> dict[str, Any]:
@@ -934,15 +1023,18 @@ def _refuse_foreign(path: Path, driver: Any, busy_timeout_ms: int) -> None:
                 continue
             if _is_busy(e):
                 raise _busy_error(path, e, busy_timeout_ms) from None
-            raise BankError(f"{path} is not a memr1 bank (or not a readable SQLite file): {e}; "
-                            "it was left untouched") from None  # fmt: skip
+            raise BankError(
+                f"{path} is not a memr1 bank (or not a readable SQLite file): {e}; it was left untouched"
+            ) from None
         finally:
             conn.close()
     cut_short = first is None and tables == ["migrations"]
     if columns == _MIGRATIONS_COLUMNS and (first == ("initial schema",) or cut_short):
         return
-    raise BankError(f"{path} is not a memr1 bank: it is another application's SQLite database (tables: "
-                    f"{', '.join(tables[:10])}); it was left untouched. Give memr1 a file of its own")  # fmt: skip
+    raise BankError(
+        f"{path} is not a memr1 bank: it is another application's SQLite database (tables: "
+        f"{', '.join(tables[:10])}); it was left untouched. Give memr1 a file of its own"
+    )
 
 
 def _statements(script: str) -> list[str]:

@@ -26,8 +26,14 @@ class ScriptedLLM:
         reply = self.script(messages) if callable(self.script) else self.script.pop(0)
         return reply if isinstance(reply, str) else json.dumps(reply)
 
-    def complete(self, messages: Sequence[dict[str, str]], schema: dict[str, Any], *, parse: Callable[[Any], Any],
-                 max_tokens: int = 512) -> Completion:  # fmt: skip
+    def complete(
+        self,
+        messages: Sequence[dict[str, str]],
+        schema: dict[str, Any],
+        *,
+        parse: Callable[[Any], Any],
+        max_tokens: int = 512,
+    ) -> Completion:
         def attempt(i: int) -> tuple[str, int, int]:
             text = self._next(messages)
             return text, sum(len(m["content"]) for m in messages), len(text)

@@ -153,8 +153,9 @@ _MERGES = [m.split("|") for m in 'Ġ|t h|e i|n e|r a|n o|n Ġ|a r|e Ġ|s e|n Ġ|
 _SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def write_chat_model(path, *, seed: int = 0, n_layer: int = 2, n_embd: int = 64, n_ctx: int = 4096,
-                     chat_template: str = _CHATML_TEMPLATE) -> pathlib.Path:  # fmt: skip
+def write_chat_model(
+    path, *, seed: int = 0, n_layer: int = 2, n_embd: int = 64, n_ctx: int = 4096, chat_template: str = _CHATML_TEMPLATE
+) -> pathlib.Path:
     """Write a LLaMA-style chat model with a byte-level BPE vocab and ChatML (or another `chat_template`).
 
     Every byte has its own token so any UTF-8 text (and any grammar-permitted

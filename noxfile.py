@@ -20,10 +20,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Check style and obvious bugs with ruff."""
-    session.install("ruff")
+    """Check style and obvious bugs with ruff, and types with mypy (configured in pyproject.toml)."""
+    session.install("-c", ".ci/constraints.txt", "-e", ".[dev]")
     session.run("ruff", "check", "src", "tests", "benchmarks", "finetune", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "finetune", "noxfile.py")
+    session.run("mypy")
 
 
 @nox.session

@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from benchmarks import locomo_data
 from pydantic import BaseModel
 
-from memr1 import Memory, MemR1Error, prompts
+from memr1 import Memory, MemR1Error, datasets, prompts
 from memr1.embedding import LlamaEmbedder
 from memr1.llm import LLM
 from memr1.schema import Turn
@@ -43,7 +42,7 @@ log = logging.getLogger("finetune.data")
 
 Agent = Literal["answer", "manager"]
 AGENTS: tuple[Agent, ...] = ("answer", "manager")
-SPLITS = tuple(locomo_data.SPLITS)  # ("train", "val"): the test conversations are never trained on
+SPLITS = tuple(datasets.SPLITS)  # ("train", "val"): the test conversations are never trained on
 _DIA_ID = re.compile(r"D\d+:\d+")  # a few evidence strings hold several ids ("D8:6; D9:17")
 
 
@@ -128,7 +127,7 @@ def _mems(hits: Iterable[Any]) -> list[Mem]:
     return [Mem(id=h.memory.id, text=h.memory.text, at=h.memory.at) for h in hits]
 
 
-def evidence_turns(qa: locomo_data.QA) -> set[str]:
+def evidence_turns(qa: datasets.QA) -> set[str]:
     return {d for e in qa.evidence for d in _DIA_ID.findall(e)}
 
 
@@ -148,21 +147,23 @@ def build_conversation(
     from tqdm.auto import tqdm
 
     sid = sample["sample_id"]
-    turns = locomo_data.turns(sample)
+    turns = datasets.locomo_turns(sample)
     if max_sessions is not None:
         turns = [t for t in turns if t.session <= max_sessions]
     seen = {t.dia_id for t in turns}
     # with sessions cut, only questions whose whole evidence was observed (as the benchmark's --max-sessions)
-    qas = [q for q in locomo_data.questions([sample]) if max_sessions is None or (evidence_turns(q) or {""}) <= seen]
+    qas = [
+        q for q in datasets.locomo_questions([sample]) if max_sessions is None or (evidence_turns(q) or {""}) <= seen
+    ]
     asked_on = turns[-1].at
-    touching: dict[str, list[locomo_data.QA]] = defaultdict(list)
+    touching: dict[str, list[datasets.QA]] = defaultdict(list)
     for qa in qas:
         for dia_id in evidence_turns(qa):
             touching[dia_id].append(qa)
     managers: list[ManagerExample] = []
     failed = 0
     for t in tqdm(turns, desc=f"{sid} observe", unit="turn", disable=not progress):
-        session = f"session_{t.session}"  # as benchmarks/locomo.py observes
+        session = f"session_{t.session}"  # as memr1.bench_locomo observes
         if touching[t.dia_id]:
             related = _mems(mem.search(t.text, mem.related_k))
             bank = {m.id: m for m in related}
@@ -238,7 +239,7 @@ def build(
     examples: dict[str, dict[Agent, list[Example]]] = {s: {"answer": [], "manager": []} for s in splits}
     (out / "banks").mkdir(parents=True, exist_ok=True)
     for sample in data:
-        split = locomo_data.split_of(sample["sample_id"])
+        split = datasets.split_of(sample["sample_id"])
         if split not in examples:
             continue
         bank = out / "banks" / f"{sample['sample_id']}.db"
@@ -322,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else chat_llm(args.manager, base_url=args.base_url, gpu_layers=args.gpu_layers)
     )
     counts = build(
-        locomo_data.load(locomo_data.ensure_data(args.data)),
+        datasets.load_locomo(datasets.ensure_locomo(args.data)),
         args.out,
         manager=manager,
         embedder=embedder,

@@ -5,7 +5,7 @@ Completions come as text, or as chat messages when the prompts are conversationa
 
 Answer Agent (`AnswerReward`): the completion is parsed by `memr1.prompts.parse_answer`, as at
 inference, and its answer is scored against the gold answer by exact match after normalisation,
-Memory-R1's reward (`benchmarks.scoring.exact_match`). Options:
+Memory-R1's reward (`memr1.scoring.exact_match`). Options:
 - `metric="f1"` scores with the benchmark's official LoCoMo F1 instead (partial credit);
 - `format_weight=w` gives parseable output w and scales the answer score into the rest:
   reward = w + (1 - w) * score. With w = 0 (the default) it is plain EM, as in the paper.
@@ -26,9 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from benchmarks import scoring
-
-from memr1 import Memory, MemR1Error, prompts
+from memr1 import Memory, MemR1Error, prompts, scoring
 from memr1.embedding import Embedder
 from memr1.llm import LLM
 

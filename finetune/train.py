@@ -27,8 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import scoring
 from pydantic import BaseModel, ConfigDict
+
+from memr1 import scoring
 
 from . import data
 from .rewards import AnswerReward, ManagerReward, Metric

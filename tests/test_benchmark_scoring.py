@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from benchmarks import locomo_data
-from benchmarks.scoring import adversarial_correct, bleu1, exact_match, locomo_f1, normalize, token_f1
+
+from memr1 import datasets
+from memr1.scoring import adversarial_correct, bleu1, exact_match, locomo_f1, normalize, token_f1
 
 from .conftest import LOCOMO, needs_locomo
 
@@ -48,12 +49,12 @@ def test_bleu1_and_exact_match() -> None:
 
 @needs_locomo
 def test_memory_r1_split_counts() -> None:
-    data = locomo_data.load(LOCOMO)
-    counts = {split: len(locomo_data.questions(data, split)) for split in ("train", "val", "test")}
+    data = datasets.load_locomo(LOCOMO)
+    counts = {split: len(datasets.locomo_questions(data, split)) for split in ("train", "val", "test")}
     assert counts == {"train": 152, "val": 81, "test": 1307}
-    assert len(locomo_data.questions(data, "all", adversarial=True)) == 1986
-    assert sum(len(locomo_data.turns(s)) for s in data) == 5882
-    assert {q.category for q in locomo_data.questions(data)} == {1, 2, 3, 4}
+    assert len(datasets.locomo_questions(data, "all", adversarial=True)) == 1986
+    assert sum(len(datasets.locomo_turns(s)) for s in data) == 5882
+    assert {q.category for q in datasets.locomo_questions(data)} == {1, 2, 3, 4}
 
 
 def test_the_judge_prompt_quotes_its_inputs_and_its_parser_takes_only_the_two_labels() -> None:

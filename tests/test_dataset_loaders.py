@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from benchmarks import longmemeval_data, msc_data
+
+from memr1 import datasets
 
 
 def longmemeval_row(qid: str = "e47becba", *, shuffled: bool = False) -> dict:
@@ -45,9 +46,9 @@ def longmemeval_row(qid: str = "e47becba", *, shuffled: bool = False) -> dict:
 def test_longmemeval_instances_keep_order_dates_and_evidence(tmp_path: Path, shuffled: bool) -> None:
     path = tmp_path / "longmemeval_s.json"
     path.write_text(json.dumps([longmemeval_row(shuffled=shuffled), longmemeval_row("gpt4_2655b836_abs")]))
-    first, abstention = longmemeval_data.load(path)
+    first, abstention = datasets.load_longmemeval(path)
     assert first.question == "What degree did I graduate with?" and first.answer == "Business Administration"
-    assert first.question_type in longmemeval_data.QUESTION_TYPES and not first.abstention and abstention.abstention
+    assert first.question_type in datasets.LONGMEMEVAL_TYPES and not first.abstention and abstention.abstention
     assert first.question_date == datetime(2023, 5, 30, 23, 40)
     assert [t.text for t in first.turns][0].startswith("I just graduated")  # sessions in time order
     assert [(t.session, t.speaker, t.at.day) for t in first.turns] == [
@@ -63,9 +64,9 @@ def test_longmemeval_rejects_ragged_haystacks_and_odd_dates(tmp_path: Path) -> N
     row = longmemeval_row()
     row["haystack_dates"] = row["haystack_dates"][:1]
     with pytest.raises(ValueError, match="differ in length"):
-        longmemeval_data.instance(row)
+        datasets.longmemeval_instance(row)
     with pytest.raises(ValueError, match="unrecognised LongMemEval date"):
-        longmemeval_data.parse_date("May 20th")
+        datasets.longmemeval_date("May 20th")
 
 
 def msc_row(**extra) -> dict:
@@ -99,7 +100,7 @@ def test_msc_self_instruct_rows_become_dated_turns_and_a_probe(tmp_path: Path, a
     rows = [msc_row(self_instruct={"B": "How many cats do I have?", "A": "Two"}), msc_row(time_num=1, time_unit="days")]
     path = tmp_path / "msc_self_instruct.jsonl"
     path.write_text(json.dumps(rows) if as_list else "\n".join(json.dumps(r) for r in rows) + "\n")
-    first, original = msc_data.load(path)
+    first, original = datasets.load_msc(path)
     assert (first.question, first.answer, first.episode_id) == ("How many cats do I have?", "Two", "train:ordered_1")
     assert original.question == "" and original.answer == ""  # an original ParlAI MSC row has no probe
     assert [(t.session, t.speaker) for t in first.turns] == [
@@ -110,7 +111,7 @@ def test_msc_self_instruct_rows_become_dated_turns_and_a_probe(tmp_path: Path, a
         (3, "Speaker 1"),
     ]
     sessions = {t.session: t.at for t in first.turns}
-    assert sessions[3] == msc_data.ANCHOR and sessions[2] - sessions[1] == msc_data.timedelta(days=3)
+    assert sessions[3] == datasets.MSC_ANCHOR and sessions[2] - sessions[1] == timedelta(days=3)
     assert first.personas == (("I have two cats.",), ("I am a nurse.",))
     gaps = {t.session: t.at for t in original.turns}  # this row says the current session came a day later
-    assert gaps[3] - gaps[2] == msc_data.timedelta(days=1)
+    assert gaps[3] - gaps[2] == timedelta(days=1)

@@ -6,10 +6,9 @@ import json
 from datetime import datetime
 
 import pytest
-from benchmarks import locomo_data
 from finetune import data
 
-from memr1 import Memory, prompts
+from memr1 import Memory, datasets, prompts
 from memr1.testing import ScriptedLLM
 
 from .conftest import LOCOMO, needs_locomo
@@ -162,7 +161,7 @@ def test_to_dataset_carries_prompt_and_example(tmp_path, tiny_embedder):
 def test_real_locomo_first_session(tmp_path, tiny_embedder):
     """The real file's evidence quirks ("D8:6; D9:17", ids that don't exist) go through; splits are the paper's."""
     counts = data.build(
-        locomo_data.load(LOCOMO), tmp_path, manager=None, embedder=tiny_embedder, max_sessions=1, progress=False
+        datasets.load_locomo(LOCOMO), tmp_path, manager=None, embedder=tiny_embedder, max_sessions=1, progress=False
     )
     assert set(counts) == {"train", "val"} and all(n > 0 for c in counts.values() for n in c.values())
     for split, conversation in (("train", "conv-26"), ("val", "conv-30")):

@@ -7,8 +7,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from benchmarks import locomo
 
+from memr1 import bench_locomo as locomo
 from memr1.tiny_models import write_chat_model
 from tests.conftest import LOCOMO, needs_locomo
 

@@ -1,4 +1,4 @@
-"""benchmarks.locomo_retrieval: evidence parsing, the recall definition, the report, and ensure_data."""
+"""memr1 bench locomo-retrieval: evidence parsing, the recall definition, the report, and ensure_locomo."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from benchmarks import locomo_data
-from benchmarks.locomo_retrieval import evidence_of, main, parse_dia_ids, recall
+
+from memr1 import datasets
+from memr1.bench_locomo_retrieval import evidence_of, main, parse_dia_ids, recall
 
 from .conftest import LOCOMO, needs_locomo
 
@@ -193,7 +194,7 @@ def test_real_slice_with_the_tiny_embedder(
         assert modes[mode]["recall"]["60"] == 1.0
 
 
-# ---- ensure_data ----
+# ---- ensure_locomo ----
 
 
 def _sample_file(tmp_path: Path) -> tuple[Path, str]:
@@ -203,26 +204,26 @@ def _sample_file(tmp_path: Path) -> tuple[Path, str]:
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_ensure_data_prefers_the_local_file(tmp_path: Path) -> None:
+def test_ensure_locomo_prefers_the_local_file(tmp_path: Path) -> None:
     path, _ = _sample_file(tmp_path)
-    assert locomo_data.ensure_data(path, url="http://127.0.0.1:9/never", cache=tmp_path / "c") == path
+    assert datasets.ensure_locomo(path, url="http://127.0.0.1:9/never", cache=tmp_path / "c") == path
 
 
-def test_ensure_data_fetches_checks_and_caches(tmp_path: Path) -> None:
+def test_ensure_locomo_fetches_checks_and_caches(tmp_path: Path) -> None:
     source, digest = _sample_file(tmp_path)
     cache = tmp_path / "cache"
     with pytest.raises(ValueError, match="sha256"):
-        locomo_data.ensure_data(tmp_path / "absent.json", url=source.as_uri(), cache=cache)  # the real digest
+        datasets.ensure_locomo(tmp_path / "absent.json", url=source.as_uri(), cache=cache)  # the real digest
     assert not list(cache.glob("*"))  # nothing half-written under the real name
-    got = locomo_data.ensure_data(tmp_path / "absent.json", url=source.as_uri(), sha256=digest, cache=cache)
+    got = datasets.ensure_locomo(tmp_path / "absent.json", url=source.as_uri(), sha256=digest, cache=cache)
     assert got == cache / "locomo10.json" and got.read_bytes() == source.read_bytes()
     source.unlink()
-    assert locomo_data.ensure_data(tmp_path / "absent.json", url=source.as_uri(), cache=cache) == got  # cached
+    assert datasets.ensure_locomo(tmp_path / "absent.json", url=source.as_uri(), cache=cache) == got  # cached
     with pytest.raises(FileNotFoundError, match="could not be fetched"):
-        locomo_data.ensure_data(tmp_path / "absent.json", url=source.as_uri(), cache=tmp_path / "other")
+        datasets.ensure_locomo(tmp_path / "absent.json", url=source.as_uri(), cache=tmp_path / "other")
 
 
-def test_ensure_data_over_http(tmp_path: Path) -> None:
+def test_ensure_locomo_over_http(tmp_path: Path) -> None:
     source, digest = _sample_file(tmp_path)
     (source.parent / "not-locomo.json").write_text("{}", encoding="utf-8")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(source.parent))
@@ -231,16 +232,16 @@ def test_ensure_data_over_http(tmp_path: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        got = locomo_data.ensure_data(
+        got = datasets.ensure_locomo(
             tmp_path / "absent.json", url=f"{base}/locomo10.json", sha256=digest, cache=tmp_path / "cache"
         )
         assert json.loads(got.read_text())[0]["sample_id"] == "conv-1"
         with pytest.raises(ValueError, match="not LoCoMo data"):
-            locomo_data.ensure_data(
+            datasets.ensure_locomo(
                 tmp_path / "absent.json", url=f"{base}/not-locomo.json", sha256=None, cache=tmp_path / "cache"
             )
         with pytest.raises(FileNotFoundError):
-            locomo_data.ensure_data(tmp_path / "absent.json", url=f"{base}/missing.json", cache=tmp_path / "c2")
+            datasets.ensure_locomo(tmp_path / "absent.json", url=f"{base}/missing.json", cache=tmp_path / "c2")
     finally:
         server.shutdown()
         server.server_close()

@@ -95,6 +95,11 @@ def _open(db: str, embedder: str | None, **agents: Any) -> Memory:
     return Memory(db, embedder=embedder, threads=_threads(), **agents)
 
 
+def _echo_each(items: Any, line: Callable[[Any], str]) -> None:
+    for item in items:
+        click.echo(line(item))
+
+
 def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
@@ -179,7 +184,7 @@ def list_(db: str, embedder: str | None, as_json: bool, user: str | None, limit:
     """List memories, oldest first."""
     with _open(db, embedder) as mem:
         items = mem.list(user=user, limit=limit)
-    _emit(as_json, [i.model_dump(mode="json") for i in items], lambda: [click.echo(_line(i)) for i in items])
+    _emit(as_json, [i.model_dump(mode="json") for i in items], lambda: _echo_each(items, _line))
 
 
 @cli.command()
@@ -251,7 +256,7 @@ def stats(db: str, embedder: str | None, as_json: bool) -> None:
     """Counts, size, embedder and SQLite versions of a bank."""
     with _open(db, embedder) as mem:
         data = mem.stats()
-    _emit(as_json, data, lambda: [click.echo(f"{k:>20}: {v}") for k, v in data.items()])
+    _emit(as_json, data, lambda: _echo_each(data.items(), lambda kv: f"{kv[0]:>20}: {kv[1]}"))
 
 
 def _op_line(op: Operation) -> str:
@@ -289,7 +294,7 @@ def observe(
     _emit(
         as_json,
         [o.model_dump(mode="json") for o in ops],
-        lambda: [click.echo(_op_line(o)) for o in ops] if ops else click.echo("no change"),
+        lambda: _echo_each(ops, _op_line) if ops else click.echo("no change"),
     )
 
 
@@ -465,30 +470,28 @@ def _demo_models(
 
 @cli.group()
 def bench() -> None:
-    """Benchmarks. They live in the source tree's benchmarks/ (not in the wheel): run from a clone."""
+    """Benchmarks on LoCoMo (pip install 'memr1[bench]' for the scorers and plots)."""
 
 
-def _benchmark(module: str) -> Callable[..., Any]:
-    """A pass-through command: the benchmark's own argparse parses (and documents, with -h) the options."""
+def _benchmark(name: str, module: str, summary: str) -> Callable[..., Any]:
+    """A pass-through command: the harness's own argparse parses (and documents, with -h) the options."""
 
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def command(args: tuple[str, ...]) -> None:
         import importlib
         import sys
 
-        if (Path.cwd() / "benchmarks").is_dir() and str(Path.cwd()) not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))  # a console script's sys.path starts at its bin/, not here
-        try:
-            main = importlib.import_module(f"benchmarks.{module}").main
-        except ImportError as e:
-            raise click.ClickException(f"benchmarks.{module} is not importable ({e}): run from a memr1 clone") from None
-        sys.exit(main(list(args)))
+        main = importlib.import_module(f"memr1.{module}").main  # loaded only when this command runs
+        sys.exit(main(list(args), prog=f"memr1 bench {name}"))
 
-    command.__doc__ = f"python -m benchmarks.{module}, with the same options (-h lists them)."
+    command.__doc__ = f"{summary}\n\nmemr1.{module} parses the options: -h lists them."
     return command
 
 
-for _name, _module in (("locomo", "locomo"), ("locomo-retrieval", "locomo_retrieval")):
+for _name, _module, _summary in (
+    ("locomo", "bench_locomo", "LoCoMo QA: F1, BLEU-1, J, latency, tokens."),
+    ("locomo-retrieval", "bench_locomo_retrieval", "LoCoMo evidence recall@k of search(), no LLM."),
+):
     bench.command(name=_name, context_settings={"ignore_unknown_options": True, "help_option_names": []})(
-        _benchmark(_module)
+        _benchmark(_name, _module, _summary)
     )

@@ -496,7 +496,9 @@ class OpenAICompatible:
         self.temperature, self.retries, self.seed = temperature, retries, seed
         self._format: str | None = None
         self._deadlines = _Deadlines()
-        self._pool = httpcore.ConnectionPool(network_backend=self._deadlines)
+        # No keep-alive: a call takes seconds, and a pooled connection the server has closed meanwhile fails the
+        # next request with a reset that no retry can tell from a broken server.
+        self._pool = httpcore.ConnectionPool(network_backend=self._deadlines, max_keepalive_connections=0)
 
     def _headers(self) -> list[tuple[bytes, bytes]]:
         headers = [(b"Content-Type", b"application/json"), (b"Accept", b"application/json"), (b"User-Agent", b"memr1")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import itertools
@@ -173,7 +174,7 @@ class Memory:
             self._erasures = erasures
         return self._index
 
-    def _embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
+    def _embed(self, texts: builtins.list[str], *, query: bool = False) -> np.ndarray:
         self._bind()
         if query and isinstance(self.embedder, LlamaEmbedder):
             return self.embedder.embed(texts, query=True)
@@ -247,13 +248,7 @@ class Memory:
         that too, as `forget` does."""
         if purge:
             return self.forget(user)
-        user = check_user(user)
-        with self.store.write() as conn:
-            ids = [r[0] for r in conn.execute("SELECT id FROM memories WHERE user_id = ?", (user,))]
-            for mid in ids:
-                self.store._apply_one(conn, Change("DELETE", user, memory_id=mid), "api", None)
-            self.store.delete_turns(conn, user)
-        return len(ids)
+        return self.store.delete_all(check_user(user), actor="api")
 
     def forget(self, user: str) -> int:
         """Erase one user, leaving no copy of their texts in the bank file; returns memories erased.
@@ -277,7 +272,7 @@ class Memory:
         limit: int | None = None,
         offset: int = 0,
         filters: dict[str, Any] | None = None,
-    ) -> list[MemoryItem]:
+    ) -> builtins.list[MemoryItem]:
         """Memories oldest first; `user=None` lists every user's."""
         for name, value in (("limit", limit), ("offset", offset)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62):
@@ -289,7 +284,7 @@ class Memory:
             filters=_check_filters(filters),
         )
 
-    def history(self, memory_id: int, *, user: str | None = None) -> list[HistoryEntry]:
+    def history(self, memory_id: int, *, user: str | None = None) -> builtins.list[HistoryEntry]:
         """Every change to one memory, oldest first, including its deletion."""
         return self.store.history(check_id(memory_id), check_user(user) if user is not None else None)
 
@@ -303,7 +298,7 @@ class Memory:
         until: datetime | str | None = None,
         filters: dict[str, Any] | None = None,
         mode: retrieval.Mode = "hybrid",
-    ) -> list[Hit]:
+    ) -> builtins.list[Hit]:
         """Hybrid (vector + BM25) search within one user's memories (`user=None`: all users)."""
         query = check_text(query, "query")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
@@ -406,7 +401,7 @@ class Memory:
         """Which SQLite driver, SQLite and sqlite-vec versions this bank runs on."""
         return self.store.sqlite_info()
 
-    def check(self) -> list[str]:
+    def check(self) -> builtins.list[str]:
         """Problems with the bank, [] when healthy: SQLite's integrity check, and FTS5, vectors, memories
         and history agreeing (no memory without its vector, no vector without its memory)."""
         return self.store.check()
@@ -448,10 +443,10 @@ class Memory:
             )
         return self._answerer
 
-    def _retrieve(self, question: str, k: int, *, user: str, sources: Sources) -> list[Shown]:
+    def _retrieve(self, question: str, k: int, *, user: str, sources: Sources) -> builtins.list[Shown]:
         """What the Answer Agent is shown: memories, turns (as "Speaker: text"), or both interleaved by rank."""
-        memories: list[Shown] = []
-        turns: list[Shown] = []
+        memories: builtins.list[Shown] = []
+        turns: builtins.list[Shown] = []
         index = self._bind()
         vector = self._embed([question], query=True)[0]  # once, for both searches
         if sources != "turns":
@@ -474,11 +469,11 @@ class Memory:
     def _consult(
         self,
         llm: LLM,
-        hits: list[Shown],
-        schema: Callable[[list[prompts.Shown]], dict[str, Any]],
+        hits: builtins.list[Shown],
+        schema: Callable[[builtins.list[prompts.Shown]], dict[str, Any]],
         parser: Callable[..., Any],
         *,
-        build: Callable[[list[prompts.Shown]], list[dict[str, str]]],
+        build: Callable[[builtins.list[prompts.Shown]], builtins.list[dict[str, str]]],
         max_tokens: int,
     ) -> Completion:
         """One constrained call about `hits`, shown under small ids: as many of the best-ranked as the context holds.
@@ -492,7 +487,7 @@ class Memory:
                     build(shown),
                     schema(shown),
                     max_tokens=max_tokens,
-                    parse=lambda raw, shown=shown, ids=ids: parser(raw, shown, ids),
+                    parse=functools.partial(_parse_with, parser, shown, ids),
                 )
             except PromptTooLong as e:
                 if not hits:
@@ -515,14 +510,14 @@ class Memory:
 
     def observe(
         self,
-        turn: Turn | str | list[Turn],
+        turn: Turn | str | builtins.list[Turn],
         *,
         speaker: str | None = None,
         at: datetime | str | None = None,
         session: str | None = None,
         user: str = DEFAULT_USER,
         metadata: dict[str, Any] | None = None,
-    ) -> list[Operation]:
+    ) -> builtins.list[Operation]:
         """Memory Manager: store the raw turn and apply the ADD/UPDATE/DELETE it implies, all in one transaction.
 
         One constrained LLM call per turn. Related memories are shown under small ids; ops naming
@@ -613,12 +608,12 @@ class Memory:
 
     def observe_many(
         self, turns: Iterable[Turn | dict[str, Any]], *, user: str = DEFAULT_USER, progress: bool = True
-    ) -> list[Operation]:
+    ) -> builtins.list[Operation]:
         """Observe turns in order, with a progress bar; dicts take Turn's fields (user defaults to `user`)."""
         from tqdm.auto import tqdm
 
         turns = list(turns)
-        ops: list[Operation] = []
+        ops: builtins.list[Operation] = []
         for turn in tqdm(turns, desc="observe", unit="turn", disable=not progress):
             if isinstance(turn, dict):
                 turn = _make_turn(**{"user": user, **turn})
@@ -696,6 +691,11 @@ def _make_turn(**fields: Any) -> Turn:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_with(parser: Callable[..., Any], shown: list[prompts.Shown], ids: list[Any], raw: Any) -> Any:
+    """`parser` bound to one attempt's items: the fit-to-context loop changes them between attempts."""
+    return parser(raw, shown, ids)
 
 
 def _file_path(path: object, what: str) -> Path:
@@ -816,12 +816,12 @@ class _Section:
                 raise InvalidInput(f"{path}, line {number}: {problem}; nothing was imported")
             last[h["memory_id"]] = h
         for m in self.memories:
-            h = last.get(m["id"])
-            if h is not None and (h["kind"] == "DELETE" or h["after"] != m["text"]):
+            final = last.get(m["id"])
+            if final is not None and (final["kind"] == "DELETE" or final["after"] != m["text"]):
                 number = self.lines[("memory", m["id"])]
                 raise InvalidInput(
                     f"{path}, line {number}: memory {m['id']}'s history does not replay to its text "
-                    f"(its last change is {h['kind']} to {h['after']!r})"[:300]
+                    f"(its last change is {final['kind']} to {final['after']!r})"[:300]
                     + "; nothing was imported"
                 )
         return ImportSection(self.turns, self.memories, [h for _, h in self.history])

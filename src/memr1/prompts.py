@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -187,7 +187,7 @@ class Shown:
 class PlannedOp:
     """A validated manager decision, in database ids."""
 
-    event: str
+    event: Literal["ADD", "UPDATE", "DELETE", "NOOP"]
     memory_id: int | None
     text: str
 
@@ -233,7 +233,7 @@ def _memory(m: Shown) -> dict[str, Any]:
     return {"id": m.id, "date": _day(m.at), "text": m.text} if m.at else {"id": m.id, "text": m.text}
 
 
-def shown_memories(items: Sequence[tuple[int, str, datetime | None]]) -> list[Shown]:
+def shown_memories(items: Sequence[tuple[Any, str, datetime | None]]) -> list[Shown]:
     """Give retrieved (db id, text, at) triples the small ids the model will see."""
     return [Shown(i, text, at) for i, (_, text, at) in enumerate(items)]
 
@@ -318,6 +318,7 @@ def parse_manager(
             plan.dropped.append(f"{entry.event} names id {entry.id}, which was not shown")
             continue
         if entry.event == "NOOP":
+            assert target is not None  # checked just above; for the type checker
             plan.noops.append(target[0])
             continue
         if not text:
@@ -338,7 +339,7 @@ def parse_manager(
         said.add(_key(text))
         if when and not _DATED.search(text):  # "Last week I ran a 5k" became "Andrew ran a 5k"
             text = f"{text.rstrip('.!')} ({when})"
-        if entry.event == "ADD" or target[0] in touched:
+        if entry.event == "ADD" or target is None or target[0] in touched:
             plan.ops.append(PlannedOp("ADD", None, text))
             continue
         db, memory = target

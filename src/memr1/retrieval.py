@@ -9,7 +9,7 @@ lookups by id scan too, so this is how search stays in single-digit milliseconds
 
 The in-memory copy follows the bank through the append-only history table: every write
 adds history rows, so replaying the rows past the last one seen keeps it exact even when
-other processes write.
+other processes write. It runs no SQL: `Store.vectors_past` reads those rows for it.
 
 How the two lists become one ranking (`Tuning`; each choice measured on LoCoMo's train and
 val conversations only, benchmarks/locomo_retrieval.py and RESULTS.md):
@@ -122,50 +122,35 @@ class VectorIndex:
     # ---- keeping up with the bank ----
 
     def sync(self, store: Store) -> None:
-        with self.lock, store.read() as conn:
-            head = conn.execute("SELECT coalesce(max(id), 0) FROM history").fetchone()[0]
+        """Apply the history written since the last sync; rebuild from every memory when far behind."""
+        with self.lock:
+            head, changed, rows = store.vectors_past(self._seen, reload_over=max(2048, len(self) // 4))
             if head == self._seen:
                 return
-            if self._seen < 0 or head < self._seen or head - self._seen > max(2048, len(self) // 4):
-                self._rebuild(conn)
+            if changed is None:
+                self._rebuild(rows)
             else:
-                changed = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT DISTINCT memory_id FROM history WHERE id > ? AND id <= ?", (self._seen, head)
-                    )
-                ]
-                marks = ",".join("?" * len(changed))
-                rows = conn.execute(
-                    f"SELECT m.id, m.user_id, m.at_ts, v.embedding FROM memories m "
-                    f"JOIN vec_memories v ON v.memory_id = m.id WHERE m.id IN ({marks})",
-                    changed,
-                ).fetchall()
                 self._drop(set(changed).difference(r[0] for r in rows))
                 self._append(rows)
             self._seen = head
 
-    def _rebuild(self, conn: Any) -> None:
-        meta = {mid: (user, ts) for mid, user, ts in conn.execute("SELECT id, user_id, at_ts FROM memories")}
-        ids, vecs = [], []
-        for mid, blob in conn.execute("SELECT memory_id, embedding FROM vec_memories"):
-            if mid in meta:
-                ids.append(mid)
-                vecs.append(blob)
-        order = np.argsort(np.asarray(ids, np.int64), kind="stable")
-        ids = [ids[i] for i in order]
-        matrix = np.frombuffer(b"".join(vecs), dtype=np.float32).reshape(len(order), self.dim)[order]
+    def _rebuild(self, rows: Sequence[tuple[int, str, float, bytes]]) -> None:
+        """Hold exactly these (memory id, user, at_ts, vector) rows, given in any order."""
+        mids, users, ts, blobs = zip(*rows) if rows else ((), (), (), ())
+        ids = np.asarray(mids, np.int64)
+        order = np.argsort(ids, kind="stable")
+        matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(order), self.dim)[order]
         # Centring first makes sign bits informative: embeddings share a large common direction.
         self._center = matrix.mean(axis=0) if len(ids) >= 64 else np.zeros(self.dim, np.float32)
         self._users = {}
-        users = [self._code(meta[mid][0]) for mid in ids]
+        codes = [self._code(users[i]) for i in order.tolist()]
         self._buf, self._n, self._dead = self._alloc(self._room(len(ids))), len(ids), 0
         self._write(
             slice(0, len(ids)),
-            np.asarray(ids, np.int64),
+            ids[order],
             matrix,
-            np.asarray(users, np.int32),
-            np.asarray([meta[mid][1] for mid in ids], np.float64),
+            np.asarray(codes, np.int32),
+            np.asarray(ts, np.float64)[order],
         )
         self.rebuilds += 1
 
@@ -418,8 +403,7 @@ def search(
     text: list[tuple[int, float]] = []
     allowed = None
     if filters and mode != "text":  # the vector list and the context links honour filters through this id set
-        where, params = store.where(user=user, filters=filters)
-        allowed = np.asarray([r[0] for r in store.query(f"SELECT id FROM memories {where}", params)], np.int64)
+        allowed = np.asarray(store.memory_ids(user=user, filters=filters), np.int64)
     if mode in ("hybrid", "vector") and query_vector is not None:
         index.sync(store)
         vector = index.nearest(query_vector, depth, user=user, since=since, until=until, allowed=allowed)
@@ -434,8 +418,7 @@ def search(
         # BM25 lists shorter than their depth hold every matching memory: the rest score 0
         fused = fuse_scores((vector, 1.0, None), (text, tuning.text_weight, 0.0 if len(text) < depth else None))
         if mode == "hybrid" and tuning.time_boost and fused and asks_when(query):
-            marks = ",".join("?" * len(fused))
-            for mid, said in store.query(f"SELECT id, text FROM memories WHERE id IN ({marks})", list(fused)):
+            for mid, said in store.memory_texts(list(fused)):
                 fused[mid] += tuning.time_boost if states_time(said) else 0.0
         if mode == "hybrid" and tuning.context and fused:
             index.sync(store)
@@ -485,7 +468,7 @@ class _Turns:
             )
         self.ids[start:end] = [row[0] for row in fresh]
         self.sessions[start:end] = [row[1] for row in fresh]
-        vecs = np.frombuffer(b"".join(row[2] for row in fresh), np.float32)
+        vecs = np.frombuffer(b"".join(row[2] or b"" for row in fresh), np.float32)
         self.vecs[start:end] = vecs.reshape(end - start, self.vecs.shape[1])
         self.n = end
 

@@ -1,11 +1,17 @@
 """The bank file: connection, migrations and every SQL statement memr1 runs.
 
+No other module writes SQL or holds a connection (tests/test_sql_in_store.py checks): they call
+Store methods, which return items or plain tuples; the in-memory indexes in retrieval.py are fed
+by `Store.vectors_past` and `Store.turns_past`. Each INSERT is written once: `_insert_memory`,
+`_insert_turn` and `_history` serve both the writes and `import_rows`.
+
 Each write goes through `Store.apply` or `Store.write`, one BEGIN IMMEDIATE transaction:
 memory row, vector row, FTS row (by trigger) and history row land together or not at all.
 """
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import json
 import logging
@@ -320,7 +326,7 @@ class Store:
             finally:
                 self._end("COMMIT")
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    def query(self, sql: str, params: Sequence[Any] = ()) -> builtins.list[Any]:
         with self.lock, self._translated():
             return self.conn.execute(sql, params).fetchall()
 
@@ -456,7 +462,7 @@ class Store:
 
     def apply(
         self, changes: Sequence[Change], *, actor: str, turn: dict[str, Any] | None = None
-    ) -> list[MemoryItem | None]:
+    ) -> builtins.list[MemoryItem | None]:
         """Apply changes in one transaction; returns the resulting item (None for DELETE).
 
         With `turn`, the raw turn is stored in the same transaction and every change cites it.
@@ -472,21 +478,18 @@ class Store:
         now = utcnow().isoformat()
         if change.kind == "ADD":
             created = change.created_at or now
-            mid = conn.execute(
-                "INSERT INTO memories (user_id, text, at, at_ts, created_at, updated_at, metadata, source_turns) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (
-                    change.user,
-                    change.text,
-                    _iso(change.at),
-                    change.at_ts,
-                    created,
-                    change.updated_at or created,
-                    json.dumps(change.metadata or {}),
-                    json.dumps(change.source_turns),
-                ),
-            ).fetchone()[0]
-            conn.execute("INSERT INTO vec_memories (memory_id, embedding) VALUES (?, ?)", (mid, change.vector))
+            mid = self._insert_memory(
+                conn,
+                change.user,
+                change.text,
+                _iso(change.at),
+                change.at_ts,
+                created,
+                change.updated_at or created,
+                change.metadata or {},
+                change.source_turns,
+                change.vector,
+            )
             self._history(conn, mid, change.user, "ADD", None, change.text, actor, turn_id, change.created_at or now)
             return self._get(conn, mid)
         current = self._current(conn, change)
@@ -507,7 +510,7 @@ class Store:
                 ),
             )
             conn.execute("DELETE FROM vec_memories WHERE memory_id = ?", (current.id,))
-            conn.execute("INSERT INTO vec_memories (memory_id, embedding) VALUES (?, ?)", (current.id, change.vector))
+            self._insert_vector(conn, current.id, change.vector)
             self._history(conn, current.id, current.user, "UPDATE", current.text, change.text, actor, turn_id, now)
             return self._get(conn, current.id)
         if change.kind == "DELETE":
@@ -529,6 +532,51 @@ class Store:
         if seen is not None and (current.updated_at, current.text) != (seen.updated_at, seen.text):
             raise Conflict(f"memory {change.memory_id} was changed by another writer after the model saw it")
         return current
+
+    @staticmethod
+    def _insert_memory(
+        conn: Any,
+        user: str,
+        text: str | None,
+        at: str | None,
+        at_ts: float | None,
+        created_at: str,
+        updated_at: str,
+        metadata: dict[str, Any],
+        source_turns: builtins.list[int],
+        vector: bytes | None,
+    ) -> int:
+        """The one INSERT of a memory, and of its vector (its FTS row follows by trigger); returns its id."""
+        mid: int = conn.execute(
+            "INSERT INTO memories (user_id, text, at, at_ts, created_at, updated_at, metadata, source_turns) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (user, text, at, at_ts, created_at, updated_at, json.dumps(metadata), json.dumps(source_turns)),
+        ).fetchone()[0]
+        Store._insert_vector(conn, mid, vector)
+        return mid
+
+    @staticmethod
+    def _insert_vector(conn: Any, mid: int, vector: bytes | None) -> None:
+        conn.execute("INSERT INTO vec_memories (memory_id, embedding) VALUES (?, ?)", (mid, vector))
+
+    @staticmethod
+    def _insert_turn(
+        conn: Any,
+        user: str,
+        session: str | None,
+        speaker: str | None,
+        text: str,
+        at: str | None,
+        created_at: str,
+        metadata: dict[str, Any],
+    ) -> int:
+        """The one INSERT of a raw turn (its FTS row follows by trigger); returns its id."""
+        turn_id: int = conn.execute(
+            "INSERT INTO turns (user_id, session, speaker, text, at, created_at, metadata) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (user, session, speaker, text, at, created_at, json.dumps(metadata)),
+        ).fetchone()[0]
+        return turn_id
 
     @staticmethod
     def _history(
@@ -561,11 +609,7 @@ class Store:
         vector: bytes | None = None,
     ) -> int:
         """Insert a raw turn (and its vector, for `ask(sources=...)`) inside the caller's transaction."""
-        turn_id = conn.execute(
-            "INSERT INTO turns (user_id, session, speaker, text, at, created_at, metadata) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (user, session, speaker, text, _iso(at), utcnow().isoformat(), json.dumps(metadata)),
-        ).fetchone()[0]
+        turn_id = self._insert_turn(conn, user, session, speaker, text, _iso(at), utcnow().isoformat(), metadata)
         if vector is not None:
             conn.execute("INSERT INTO turn_vectors (turn_id, embedding) VALUES (?, ?)", (turn_id, vector))
         return turn_id
@@ -574,7 +618,7 @@ class Store:
         """(count, last id) of a user's turns: what a cached copy of their vectors must match."""
         return tuple(self.query("SELECT count(*), coalesce(max(id), 0) FROM turns WHERE user_id = ?", (user,))[0])
 
-    def turns_past(self, user: str, after: int = 0) -> tuple[int, list[tuple[int, str | None, bytes | None]]]:
+    def turns_past(self, user: str, after: int = 0) -> tuple[int, builtins.list[tuple[int, str | None, bytes | None]]]:
         """A user's turn count, and (turn id, session, vector) of their turns past `after` by id, from one
         snapshot: a cached copy that appends them can tell from the count whether any turn it holds was erased
         meanwhile. Turns without a vector (imported, or stored before turns had them) come with None: they are
@@ -588,7 +632,7 @@ class Store:
             ).fetchall()
         return count, rows
 
-    def turns_fts(self, match: str, *, limit: int, user: str) -> list[tuple[int, float]]:
+    def turns_fts(self, match: str, *, limit: int, user: str) -> builtins.list[tuple[int, float]]:
         return self.query(
             "SELECT t.id, bm25(fts_turns) FROM fts_turns JOIN turns t ON t.id = fts_turns.rowid "
             "WHERE fts_turns MATCH ? AND t.user_id = ? ORDER BY bm25(fts_turns) LIMIT ?",
@@ -639,6 +683,17 @@ class Store:
                 keys = ("session", "speaker", "text", "at", "created_at")
                 held.setdefault(turn_key({"user": user, **dict(zip(keys, row))}), tid)
         return held
+
+    def delete_all(self, user: str, *, actor: str) -> int:
+        """Delete every memory and raw turn of one user in one transaction; returns memories deleted.
+
+        Each memory gets its DELETE history row, so the history keeps every text it ever had."""
+        with self.write() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM memories WHERE user_id = ?", (user,))]
+            for mid in ids:
+                self._apply_one(conn, Change("DELETE", user, memory_id=mid), actor, None)
+            self.delete_turns(conn, user)
+        return len(ids)
 
     def forget(self, user: str) -> int:
         """Erase every trace of one user's texts, in one transaction; returns memories erased.
@@ -695,19 +750,16 @@ class Store:
                     key = turn_key(t)
                     tid = held_turns.get(key)
                     if tid is None:
-                        tid = conn.execute(
-                            "INSERT INTO turns (user_id, session, speaker, text, at, created_at, metadata) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                            (
-                                t["user"],
-                                t["session"],
-                                t["speaker"],
-                                t["text"],
-                                t["at"],
-                                t["created_at"],
-                                json.dumps(t["metadata"]),
-                            ),
-                        ).fetchone()[0]
+                        tid = self._insert_turn(
+                            conn,
+                            t["user"],
+                            t["session"],
+                            t["speaker"],
+                            t["text"],
+                            t["at"],
+                            t["created_at"],
+                            t["metadata"],
+                        )
                         new_turns.setdefault(key, tid)
                     if t["id"] is not None:
                         turn_ids[t["id"]] = tid
@@ -722,21 +774,18 @@ class Store:
                             f"{self.path} changed while the import was embedding; nothing was imported, retry"
                         )
                     sources = list(dict.fromkeys(turn_ids[s] for s in m["source_turns"] if s in turn_ids))
-                    new = conn.execute(
-                        "INSERT INTO memories (user_id, text, at, at_ts, created_at, updated_at, metadata, source_turns) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                        (
-                            m["user"],
-                            m["text"],
-                            m["at"],
-                            m["at_ts"],
-                            m["created_at"],
-                            m["updated_at"],
-                            json.dumps(m["metadata"]),
-                            json.dumps(sources),
-                        ),
-                    ).fetchone()[0]
-                    conn.execute("INSERT INTO vec_memories (memory_id, embedding) VALUES (?, ?)", (new, m["vector"]))
+                    new = self._insert_memory(
+                        conn,
+                        m["user"],
+                        m["text"],
+                        m["at"],
+                        m["at_ts"],
+                        m["created_at"],
+                        m["updated_at"],
+                        m["metadata"],
+                        sources,
+                        m["vector"],
+                    )
                     memory_ids[m["id"]] = new
                     new_memories.add(key)
                 has_history = set()
@@ -813,6 +862,51 @@ class Store:
         rows = self.query(f"SELECT {MEMORY_COLUMNS} FROM memories WHERE id IN ({marks})", list(ids))
         return {row[0]: row_to_item(row) for row in rows}
 
+    def memory_ids(self, user: str | None = None, filters: dict[str, Any] | None = None) -> builtins.list[int]:
+        """Ids of the memories of `user` (everyone's when None) that match `filters`."""
+        where, params = self.where(user=user, filters=filters)
+        return [r[0] for r in self.query(f"SELECT id FROM memories {where}", params)]
+
+    def memory_texts(self, ids: Sequence[int]) -> builtins.list[tuple[int, str]]:
+        """(id, text) of those of these memories that exist."""
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        return self.query(f"SELECT id, text FROM memories WHERE id IN ({marks})", list(ids))
+
+    def vectors_past(
+        self, seen: int, *, reload_over: int
+    ) -> tuple[int, builtins.list[int] | None, builtins.list[tuple[int, str, float, bytes]]]:
+        """What an in-memory copy of the vectors (retrieval.VectorIndex) that has applied the history up to id
+        `seen` needs to catch up, read from one snapshot: (head, changed, rows), head being the last history id.
+
+        - head is `seen`: nothing changed, ([], []).
+        - the copy must be rebuilt, because it has applied nothing (`seen` < 0), history rows went away
+          (head < `seen`) or more than `reload_over` history rows were written past it: changed is None and
+          rows hold every memory's (id, user, at_ts, vector), in no particular order.
+        - otherwise changed holds the ids of the memories written past `seen`, and rows the (id, user, at_ts,
+          vector) of those still there: the others were deleted.
+        """
+        with self.read() as conn:
+            head: int = conn.execute("SELECT coalesce(max(id), 0) FROM history").fetchone()[0]
+            if head == seen:
+                return head, [], []
+            if seen < 0 or head < seen or head - seen > reload_over:
+                meta = {row[0]: row for row in conn.execute("SELECT id, user_id, at_ts FROM memories")}
+                vectors = conn.execute("SELECT memory_id, embedding FROM vec_memories")
+                return head, None, [meta[mid] + (blob,) for mid, blob in vectors if mid in meta]
+            changed = [
+                r[0]
+                for r in conn.execute("SELECT DISTINCT memory_id FROM history WHERE id > ? AND id <= ?", (seen, head))
+            ]
+            marks = ",".join("?" * len(changed))
+            rows = conn.execute(
+                f"SELECT m.id, m.user_id, m.at_ts, v.embedding FROM memories m "
+                f"JOIN vec_memories v ON v.memory_id = m.id WHERE m.id IN ({marks})",
+                changed,
+            ).fetchall()
+        return head, changed, rows
+
     def list(
         self,
         user: str | None = None,
@@ -820,7 +914,7 @@ class Store:
         limit: int | None = None,
         offset: int = 0,
         filters: dict[str, Any] | None = None,
-    ) -> list[MemoryItem]:
+    ) -> builtins.list[MemoryItem]:
         where, params = self.where(user=user, filters=filters)
         sql = f"SELECT {MEMORY_COLUMNS} FROM memories {where} ORDER BY id LIMIT ? OFFSET ?"
         rows = self.query(sql, [*params, -1 if limit is None else int(limit), int(offset)])
@@ -833,9 +927,10 @@ class Store:
         until: float | None = None,
         filters: dict[str, Any] | None = None,
         alias: str = "",
-    ) -> tuple[str, list[Any]]:
+    ) -> tuple[str, builtins.list[Any]]:
         """Build a WHERE clause: values are always bound; metadata keys are allow-listed and quoted."""
-        clauses, params = [], []
+        clauses: builtins.list[str] = []
+        params: builtins.list[Any] = []
         if user is not None:
             clauses.append(f"{alias}user_id = ?")
             params.append(user)
@@ -853,9 +948,9 @@ class Store:
             params.extend([f'$."{key}"', value])
         return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def history(self, memory_id: int, user: str | None = None) -> list[HistoryEntry]:
+    def history(self, memory_id: int, user: str | None = None) -> builtins.list[HistoryEntry]:
         sql = f"SELECT {HISTORY_COLUMNS} FROM history WHERE memory_id = ?"
-        params: list[Any] = [memory_id]
+        params: builtins.list[Any] = [memory_id]
         if user is not None:
             sql += " AND user_id = ?"
             params.append(user)
@@ -873,7 +968,7 @@ class Store:
         since: float | None,
         until: float | None,
         filters: dict[str, Any] | None,
-    ) -> list[tuple[int, float]]:
+    ) -> builtins.list[tuple[int, float]]:
         where, params = self.where(user=user, since=since, until=until, filters=filters, alias="m.")
         where = where.replace("WHERE", "AND", 1)
         sql = (
@@ -892,12 +987,12 @@ class Store:
                 "history": one("SELECT count(*) FROM history"),
             }
 
-    def check(self) -> list[str]:
+    def check(self) -> builtins.list[str]:
         """What is wrong with the bank, if anything: [] when SQLite, FTS5, vec0, memories and history all agree.
 
         Holds the write lock for a consistent view (FTS5's integrity check is written as an INSERT).
         """
-        problems: list[str] = []
+        problems: builtins.list[str] = []
         with self.write() as conn:
             pages = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
             problems += [f"integrity_check: {p}" for p in pages if p != "ok"][:20]

@@ -206,14 +206,14 @@ def write_chat_model(
 
     # Per-token logit bias, random around a shape that favours short ASCII strings.
     bias = rng.normal(0.0, 0.5, n_vocab)
-    for b in range(256):
-        ch = chr(b)
+    for byte in range(256):
+        ch = chr(byte)
         if ch.isascii() and (ch.isalnum() or ch == " "):
-            bias[b] += 1.0
-        elif b >= 0x80:
-            bias[b] -= 2.0
-        elif b < 0x20:  # llama-cpp-python's JSON grammar lets raw control chars into strings
-            bias[b] -= 4.0
+            bias[byte] += 1.0
+        elif byte >= 0x80:
+            bias[byte] -= 2.0
+        elif byte < 0x20:  # llama-cpp-python's JSON grammar lets raw control chars into strings
+            bias[byte] -= 4.0
     bias[ord('"')] += 4.5  # not the '"}' merge: it would also *open* strings
     bias[im_end] += 4.0
     bias[[eot, im_start]] -= 8.0

@@ -1,7 +1,8 @@
 """LoCoMo scoring, implemented once: the official scorer plus the F1 / BLEU-1 the Mem0 and Memory-R1 papers report.
 
 Category numbers as they are in locomo10.json: 1 multi-hop, 2 temporal, 3 open-domain,
-4 single-hop, 5 adversarial (several public forks get this mapping wrong).
+4 single-hop, 5 adversarial (several public forks get this mapping wrong). The stemmer and BLEU-1
+are NLTK's: `pip install 'memr1[bench]'`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ _PUNCT = set(string.punctuation)
 
 @lru_cache(maxsize=1)
 def _stemmer():
-    from nltk.stem import PorterStemmer  # the official scorer stems with NLTK's Porter stemmer
+    try:
+        from nltk.stem import PorterStemmer  # the official scorer stems with NLTK's Porter stemmer
+    except ImportError as e:
+        raise ImportError(f"{e}: LoCoMo scoring needs NLTK, pip install 'memr1[bench]'") from e
 
     return PorterStemmer()
 
@@ -71,7 +75,10 @@ def locomo_f1(prediction: str, gold: object, category: int) -> float:
 
 def bleu1(prediction: str, gold: object) -> float:
     """Unigram BLEU with smoothing, on normalised whitespace tokens (as in the Mem0 paper's evaluation)."""
-    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+    try:
+        from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+    except ImportError as e:
+        raise ImportError(f"{e}: BLEU-1 needs NLTK, pip install 'memr1[bench]'") from e
 
     pred, ref = normalize(prediction).split(), normalize(str(gold)).split()
     if not pred or not ref:

@@ -260,6 +260,11 @@ class Memory:
         next checkpoint (a warning says so). Backups and exports made earlier are not touched."""
         return self.store.forget(check_user(user))
 
+    def reset(self) -> int:
+        """Erase every user's memories, history and raw turns, as `forget` erases one user, in one
+        transaction (mem0's name); returns memories erased. The bank keeps its embedder and schema."""
+        return self.store.reset()
+
     # ---- reads ----
 
     def get(self, memory_id: int, *, user: str | None = None) -> MemoryItem:
@@ -284,6 +289,17 @@ class Memory:
             filters=_check_filters(filters),
         )
 
+    def get_all(
+        self,
+        *,
+        user: str | None = DEFAULT_USER,
+        limit: int | None = None,
+        offset: int = 0,
+        filters: dict[str, Any] | None = None,
+    ) -> builtins.list[MemoryItem]:
+        """`list` under mem0's name."""
+        return self.list(user=user, limit=limit, offset=offset, filters=filters)
+
     def history(self, memory_id: int, *, user: str | None = None) -> builtins.list[HistoryEntry]:
         """Every change to one memory, oldest first, including its deletion."""
         return self.store.history(check_id(memory_id), check_user(user) if user is not None else None)
@@ -291,16 +307,22 @@ class Memory:
     def search(
         self,
         query: str,
-        k: int = 10,
+        k: int | None = None,
         *,
         user: str | None = DEFAULT_USER,
         since: datetime | str | None = None,
         until: datetime | str | None = None,
         filters: dict[str, Any] | None = None,
         mode: retrieval.Mode = "hybrid",
+        top_k: int | None = None,
     ) -> builtins.list[Hit]:
-        """Hybrid (vector + BM25) search within one user's memories (`user=None`: all users)."""
+        """Hybrid (vector + BM25) search within one user's memories (`user=None`: all users).
+
+        Returns the `k` best hits (10 by default); `top_k` is mem0's name for `k`."""
         query = check_text(query, "query")
+        if k is not None and top_k is not None and k != top_k:
+            raise InvalidInput(f"k and top_k are one setting; got k={k!r} and top_k={top_k!r}"[:200])
+        k = k if k is not None else top_k if top_k is not None else 10
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
             raise InvalidInput(f"k must be an int from 1 to 1000, got {k!r}")
         if mode not in ("hybrid", "vector", "text"):

@@ -170,8 +170,6 @@ class Change:
     at_ts: float | None = None
     metadata: dict[str, Any] | None = None
     source_turns: list[int] = field(default_factory=list)
-    created_at: str | None = None  # imports keep their original times
-    updated_at: str | None = None
     seen: MemoryItem | None = None  # the memory as a model was shown it: if it changed since, the change is stale
 
 
@@ -477,20 +475,19 @@ class Store:
     def _apply_one(self, conn: Any, change: Change, actor: str, turn_id: int | None) -> MemoryItem | None:
         now = utcnow().isoformat()
         if change.kind == "ADD":
-            created = change.created_at or now
             mid = self._insert_memory(
                 conn,
                 change.user,
                 change.text,
                 _iso(change.at),
                 change.at_ts,
-                created,
-                change.updated_at or created,
+                now,
+                now,
                 change.metadata or {},
                 change.source_turns,
                 change.vector,
             )
-            self._history(conn, mid, change.user, "ADD", None, change.text, actor, turn_id, change.created_at or now)
+            self._history(conn, mid, change.user, "ADD", None, change.text, actor, turn_id, now)
             return self._get(conn, mid)
         current = self._current(conn, change)
         if change.kind == "UPDATE":
@@ -702,15 +699,22 @@ class Store:
         only appends a tombstone: the terms stay in older index segments until they are merged, so
         both indexes are merged into one segment ('optimize'). The -wal still holds the pages as they
         were until a checkpoint copies the new ones over them and truncates it: that comes last."""
+        return self._erase(user)
+
+    def reset(self) -> int:
+        """Erase every user's memories, history and turns, as `forget` erases one, in one transaction;
+        returns memories erased. The bank's settings (schema, embedder) stay."""
+        return self._erase(None)
+
+    def _erase(self, user: str | None) -> int:
+        where, args = ("WHERE user_id = ?", (user,)) if user is not None else ("", ())
         with self.write() as conn:
-            count = conn.execute("SELECT count(*) FROM memories WHERE user_id = ?", (user,)).fetchone()[0]
+            count = conn.execute(f"SELECT count(*) FROM memories {where}", args).fetchone()[0]
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'vec_memories'").fetchone():
-                conn.execute(
-                    "DELETE FROM vec_memories WHERE memory_id IN (SELECT id FROM memories WHERE user_id = ?)", (user,)
-                )
-            conn.execute("DELETE FROM memories WHERE user_id = ?", (user,))  # the trigger deletes from fts_memories
-            conn.execute("DELETE FROM history WHERE user_id = ?", (user,))
-            conn.execute("DELETE FROM turns WHERE user_id = ?", (user,))  # ... from fts_turns and turn_vectors
+                conn.execute(f"DELETE FROM vec_memories WHERE memory_id IN (SELECT id FROM memories {where})", args)
+            conn.execute(f"DELETE FROM memories {where}", args)  # the trigger deletes from fts_memories
+            conn.execute(f"DELETE FROM history {where}", args)
+            conn.execute(f"DELETE FROM turns {where}", args)  # ... from fts_turns and turn_vectors
             conn.execute("INSERT INTO fts_memories(fts_memories) VALUES ('optimize')")
             conn.execute("INSERT INTO fts_turns(fts_turns) VALUES ('optimize')")
             # History is otherwise append-only, and in-memory copies of the vectors follow it: this tells

@@ -1,4 +1,6 @@
-"""A scripted LLM for deterministic tests of agent behaviour. Never a default backend."""
+"""memr1's public test double: a scripted LLM for deterministic tests of agent behaviour.
+
+Never a default backend; nothing in memr1 uses it unless a caller passes it in."""
 
 from __future__ import annotations
 
@@ -10,10 +12,24 @@ from .llm import Completion, retry_until_parsed
 
 
 class ScriptedLLM:
-    """Replays scripted replies at the LLM boundary, through the same parse-and-retry path as real backends.
+    """The public test double for memr1's LLM roles: scripted outputs through the real parsing path.
+
+    It stands where a model would (`Memory(..., manager=..., answerer=...)` take any object with a
+    `complete` method) and replays scripted replies at that boundary, through the same parse-and-retry
+    path as the real backends: each reply reaches the real parser (`memr1.prompts.parse_manager`,
+    `parse_answer`, ...), so a malformed reply is retried, then raises `ModelOutputError`, as a
+    model's would. So tests of your own code can drive `observe` and `ask` without a chat model.
 
     `script` is a list of replies (a dict is sent as JSON, a str verbatim), consumed in order, or
-    a function of the messages returning one. Each reply counts its characters as tokens.
+    a function of the messages returning one. Each reply counts its characters as tokens. `calls`
+    keeps the messages of every call; `prompt_data(messages, "LABEL")` reads the data they quote.
+
+        from memr1 import Memory
+        from memr1.testing import ScriptedLLM
+
+        manager = ScriptedLLM([{"facts": [{"fact": "Andrew adopted a dog named Buddy.", "event": "ADD"}]}])
+        with Memory("test.db", manager=manager) as mem:
+            mem.observe("I adopted a dog named Buddy.", speaker="Andrew", user="andrew")
     """
 
     def __init__(self, script: Sequence[Any] | Callable[[Sequence[dict[str, str]]], Any], *, retries: int = 2) -> None:

@@ -289,16 +289,7 @@ class Memory:
             filters=_check_filters(filters),
         )
 
-    def get_all(
-        self,
-        *,
-        user: str | None = DEFAULT_USER,
-        limit: int | None = None,
-        offset: int = 0,
-        filters: dict[str, Any] | None = None,
-    ) -> builtins.list[MemoryItem]:
-        """`list` under mem0's name."""
-        return self.list(user=user, limit=limit, offset=offset, filters=filters)
+    get_all = list  # mem0's name
 
     def history(self, memory_id: int, *, user: str | None = None) -> builtins.list[HistoryEntry]:
         """Every change to one memory, oldest first, including its deletion."""

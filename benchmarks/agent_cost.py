@@ -45,14 +45,25 @@ class TimedEmbedder:
             self.seconds += time.perf_counter() - start
 
 
+class FreshPrompt(LlamaCpp):
+    """The baseline: llama.cpp forgets its cached prefix, so every call evaluates the whole prompt."""
+
+    def generate(self, messages, schema, **sampling):
+        llm, lock = self._llama()
+        with lock:
+            llm.reset()
+        return super().generate(messages, schema, **sampling)
+
+
 def p(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
 def run(args: argparse.Namespace, model: Path, embedder: Path, reuse: bool, tmp: Path) -> dict[str, float]:
     emb = TimedEmbedder(LlamaEmbedder(embedder))
-    manager = LlamaCpp(model, reuse_prefix=reuse, slot=f"manager-{reuse}", n_threads=args.threads)
-    answerer = LlamaCpp(model, reuse_prefix=reuse, slot=f"answerer-{reuse}", n_threads=args.threads)
+    backend = LlamaCpp if reuse else FreshPrompt
+    manager = backend(model, slot=f"manager-{reuse}", n_threads=args.threads)
+    answerer = backend(model, slot=f"answerer-{reuse}", n_threads=args.threads)
     mem = Memory(tmp / f"cost-{reuse}.db", embedder=emb, manager=manager, answerer=answerer)
     rng = np.random.default_rng(0)
     texts = [

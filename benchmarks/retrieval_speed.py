@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "speed.db"
         mem = Memory(path, embedder=embedder)
-        mem._bind()
+        mem.vector_index()
         t0 = time.perf_counter()
         for start in range(0, args.n, 5000):  # the store's own write path, 5k memories per transaction
             users = [

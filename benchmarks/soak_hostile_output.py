@@ -105,14 +105,11 @@ def run(
     class Recording(LlamaCpp):
         """The real backend, keeping every raw generation it was asked to parse (refused ones too)."""
 
-        def complete(self, messages, schema, *, parse, max_tokens=512):
+        def generate(self, messages, schema, **sampling):
             self.sent.append(messages)
-
-            def keep(raw):
-                self.raw.append(raw)
-                return parse(raw)
-
-            return super().complete(messages, schema, parse=keep, max_tokens=max_tokens)
+            out = super().generate(messages, schema, **sampling)
+            self.raw.append(out.text)
+            return out
 
     tmp = Path(workdir or tempfile.mkdtemp(prefix="memr1-hostile-"))
     # weight seeds differ in what they favour: seeds 1, 3 and 5, for instance, repeat small ids

@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from memr1 import Memory, MemR1Error, datasets, prompts
+from memr1.config import AgentConfig, chat_backend
 from memr1.embedding import LlamaEmbedder
 from memr1.llm import LLM
 from memr1.schema import Turn
@@ -282,15 +283,6 @@ def to_dataset(examples: Sequence[Example]):
     )
 
 
-def chat_llm(ref: str | None, *, base_url: str | None = None, gpu_layers: int = 0, slot: str = "manager") -> LLM:
-    """A memr1 chat backend: a GGUF path or hub reference, or a model name on an OpenAI-compatible server."""
-    from memr1.llm import DEFAULT_CHAT_MODEL, LlamaCpp, OpenAICompatible
-
-    if base_url:
-        return OpenAICompatible(base_url, ref or "default")
-    return LlamaCpp(ref or DEFAULT_CHAT_MODEL, slot=slot, n_gpu_layers=gpu_layers)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     from memr1.embedding import DEFAULT_EMBEDDER
 
@@ -320,7 +312,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     manager = (
         None
         if args.manager == "verbatim"
-        else chat_llm(args.manager, base_url=args.base_url, gpu_layers=args.gpu_layers)
+        # 0 offloads nothing, llama.cpp's default: only a count asked for is refused beside --base-url
+        else chat_backend(
+            AgentConfig(model=args.manager, n_gpu_layers=args.gpu_layers or None),
+            role="manager",
+            base_url=args.base_url,
+        )
     )
     counts = build(
         datasets.load_locomo(datasets.ensure_locomo(args.data)),

@@ -13,7 +13,7 @@ Unparseable output scores 0 either way.
 
 Memory Manager (`ManagerReward`): the completion is parsed by `memr1.prompts.parse_manager`; its
 operations are applied to a fresh copy of the example's bank (a real memr1 bank in a temporary
-SQLite file), and each related question is asked through `Memory.ask` by a frozen Answer Agent.
+SQLite file) through `Memory.apply`, the call `observe` makes, and each related question is asked through `Memory.ask` by a frozen Answer Agent.
 The reward is the mean exact match (or F1) of those answers. Unparseable output scores 0.
 """
 
@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from memr1 import Memory, MemR1Error, prompts, scoring
+from memr1 import Memory, MemR1Error, Turn, prompts, scoring
+from memr1.bank import DEFAULT_USER
 from memr1.embedding import Embedder
 from memr1.llm import LLM
 
@@ -102,16 +103,14 @@ class ManagerReward:
             )
         except prompts.OutputRejected:
             return None
+        turn = Turn(
+            text=example.text, speaker=example.speaker, at=example.at, session=example.session, user=DEFAULT_USER
+        )
         with tempfile.TemporaryDirectory(prefix="memr1-reward-") as tmp:
             with Memory(Path(tmp) / "bank.db", embedder=self.embedder, answerer=self.answerer) as mem:
                 ids = {m.id: mem.add(m.text, at=m.at).id for m in example.bank}
-                for op in plan.ops:
-                    if op.event == "ADD":
-                        mem.add(op.text, at=example.at)
-                    elif op.event == "UPDATE":
-                        mem.update(ids[op.memory_id], op.text)
-                    elif op.event == "DELETE":
-                        mem.delete(ids[op.memory_id])
+                # the decision is applied as observe applies it: same transaction, same times, same checks
+                mem.apply(plan.remap(ids), turn, shown=[mem.get(ids[m.id]) for m in example.related])
                 return [self._ask(mem, q, example) for q in example.questions]
 
     def _ask(self, mem: Memory, question: Question, example: ManagerExample) -> str:

@@ -158,13 +158,14 @@ def load_policy(settings: Settings, cuda: bool) -> tuple[Any, Any, Any]:
 def make_reward(agent: data.Agent, settings: Settings) -> AnswerReward | ManagerReward:
     if agent == "answer":
         return AnswerReward(settings.reward, settings.format_weight)
+    from memr1.config import AgentConfig, chat_backend
     from memr1.embedding import DEFAULT_EMBEDDER
 
-    answerer = data.chat_llm(
-        settings.frozen_answerer or None,
+    answerer = chat_backend(
+        # gpu_layers = 0 (the default) offloads nothing: only a count asked for is refused beside frozen_base_url
+        AgentConfig(model=settings.frozen_answerer or None, n_gpu_layers=settings.gpu_layers or None),
+        role="frozen-answerer",
         base_url=settings.frozen_base_url or None,
-        gpu_layers=settings.gpu_layers,
-        slot="frozen-answerer",
     )
     return ManagerReward(answerer, settings.embedder or DEFAULT_EMBEDDER, settings.reward, k=settings.k)
 

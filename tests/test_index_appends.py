@@ -50,7 +50,7 @@ def test_writes_change_rows_in_place(bank: Path) -> None:
     """One write must not copy every vector: at 100k that made a search right after a write 6× slower."""
     with Memory(bank, embedder=SeededEmbedder()) as mem:
         ids = [mem.add(f"fact {i}", user=f"u{i % 3}").id for i in range(200)]
-        index = mem._bind()
+        index = mem.vector_index()
         mem.search("fact", user="u0")
         seen = [index._rows.vecs]
         for i in range(300):  # adds, updates and deletes, each followed by a search
@@ -92,7 +92,7 @@ def test_interleaved_writes_match_brute_force(bank: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     users = ["a", "b", "c"]
     with Memory(bank, embedder=SeededEmbedder()) as mem:
-        index = mem._bind()
+        index = mem.vector_index()
         # the same writes through the coarse pass: only the 10 Hamming-nearest rows of a scope are re-scored
         coarse = VectorIndex(mem.embedder.dim, exact_below=0, oversample=1, min_candidates=1)
         held: dict[int, str] = {}
@@ -168,7 +168,7 @@ def test_rows_below_the_newest_id_keep_id_order() -> None:
 def test_updates_and_deletes_from_another_process_are_seen(bank: Path) -> None:
     with Memory(bank, embedder=SeededEmbedder()) as mem:
         ids = [mem.add(f"fact {i}", user="u").id for i in range(40)]
-        index = mem._bind()
+        index = mem.vector_index()
         mem.search("fact 1", user="u")
         script = (
             "import sys; sys.path.insert(0, sys.argv[2]); from test_index_appends import SeededEmbedder\n"

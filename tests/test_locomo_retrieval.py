@@ -1,4 +1,5 @@
-"""memr1 bench locomo-retrieval: evidence parsing, the recall definition, the report, and ensure_locomo."""
+"""memr1 bench locomo-retrieval: evidence parsing, the recall definition, the RRF baseline, the report, and
+ensure_locomo."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from memr1 import datasets
-from memr1.bench_locomo_retrieval import evidence_of, main, parse_dia_ids, recall
+from memr1 import Memory, datasets, retrieval
+from memr1.bench_locomo_retrieval import PlainRRF, evidence_of, fuse, main, parse_dia_ids, recall, rrf_search
 
 from .conftest import LOCOMO, needs_locomo
 
@@ -35,6 +36,38 @@ def test_recall_is_the_share_of_evidence_in_the_top_k() -> None:
     assert recall(["D1:1", "D1:2"], hits, 2) == 0.5
     assert recall(["D1:1", "D1:2"], hits, 3) == 1.0
     assert recall(["D1:7"], hits, 3) == 0.0
+
+
+# ---- the baseline: hybrid search as memr1 first shipped it ----
+
+
+def test_fusion_rewards_agreement() -> None:
+    scores = fuse([1, 2, 3], [3, 1, 4])
+    assert max(scores, key=scores.__getitem__) == 1
+    assert scores[3] > scores[2] and 4 in scores
+    assert scores[1] == pytest.approx(1 / 61 + 1 / 62)  # k = 60, ranks counted from 1
+
+
+def test_plain_rrf_is_the_first_hybrid_search(mem: Memory) -> None:
+    for text in ["alpha beta", "beta gamma", "gamma delta", "delta alpha"]:
+        mem.add(text)
+    vector = mem.embedder.embed(["alpha gamma"])[0]
+    index = mem.vector_index()
+    hits = rrf_search(mem.store, index, vector, "alpha gamma", k=4, user="default")
+    v = [m for m, _ in index.nearest(vector, 50, user="default")]
+    t = [
+        m
+        for m, _ in mem.store.fts(
+            retrieval.fts_query("alpha gamma"), limit=50, user="default", since=None, until=None, filters=None
+        )
+    ]
+    want = fuse(v, t)
+    assert [h.memory.id for h in hits] == sorted(want, key=lambda m: -want[m])
+    assert [h.score for h in hits] == sorted(want.values(), reverse=True)
+    assert [h.memory.id for h in rrf_search(mem.store, index, vector, "alpha gamma", k=2, user="default")] == [
+        h.memory.id for h in hits[:2]
+    ]
+    assert rrf_search(mem.store, index, vector, "alpha gamma", k=4, user="nobody", baseline=PlainRRF(200)) == []
 
 
 def _conversation(sample_id: str, turns: list[str], qa: list[dict]) -> dict:

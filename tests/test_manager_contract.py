@@ -70,7 +70,7 @@ def test_a_fact_is_one_sentence_of_the_turn() -> None:
 
 def test_duplicates_collapse_and_a_fact_already_held_is_a_noop() -> None:
     twice = plan([{"fact": "Andrew adopted a dog named Buddy.", "event": "ADD"}] * 2)
-    assert [op.event for op in twice.ops] == ["ADD"] and twice.noops == [None]
+    assert [op.kind for op in twice.ops] == ["ADD"] and twice.noops == [None]
     held = plan(
         [
             {"fact": "Andrew adopted a dog named Buddy!", "event": "ADD"},
@@ -85,7 +85,7 @@ def test_duplicates_collapse_and_a_fact_already_held_is_a_noop() -> None:
 def test_an_update_never_loses_a_name_the_memory_held() -> None:
     turn = "I adopted another dog, Scout!"
     merged = plan([{"fact": "Andrew adopted another dog, Scout!", "event": "UPDATE", "id": 0}], BUDDY, [41], turn)
-    assert [(op.event, op.memory_id, op.text) for op in merged.ops] == [
+    assert [(op.kind, op.memory_id, op.text) for op in merged.ops] == [
         ("UPDATE", 41, "Andrew adopted a dog named Buddy. Andrew adopted another dog, Scout!")
     ]
     kept = plan(
@@ -117,7 +117,7 @@ def test_delete_stores_the_fact_that_replaced_the_memory_and_ids_must_have_been_
         [7],
         turn,
     )
-    assert [(op.event, op.memory_id, op.text) for op in out.ops] == [
+    assert [(op.kind, op.memory_id, op.text) for op in out.ops] == [
         ("DELETE", 7, ""),
         ("ADD", None, "Andrew is no longer vegetarian, he eats meat."),
         ("ADD", None, "Andrew stopped being vegetarian and eats meat."),
@@ -142,7 +142,7 @@ def test_a_change_to_an_unrelated_memory_is_an_add() -> None:
         speaker="Jon",
         at=AT,
     )
-    assert [(op.event, op.memory_id) for op in out.ops] == [("ADD", None), ("ADD", None)]
+    assert [(op.kind, op.memory_id) for op in out.ops] == [("ADD", None), ("ADD", None)]
 
 
 def test_the_old_contract_is_refused() -> None:

@@ -105,3 +105,24 @@ def test_reset_reaches_other_connections(bank: Path, tiny_embedder: Path) -> Non
         mem.reset()
         assert other.search("the old secret", k=5, user=None, mode="vector") == []
         assert other.ask("Which dog?", user="bob", sources="turns").text == UNKNOWN_ANSWER
+
+
+def test_observe_takes_chat_messages_as_mem0s_add_does(bank: Path, tiny_embedder: Path) -> None:
+    """A list of {"role", "content"} messages: each is a turn (speaker: its name, else its role); the system
+    prompt is no conversation and is skipped."""
+    scripted = ScriptedLLM(manager)
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "I adopted a dog named Buddy.", "name": "Andrew"},
+        {"role": "assistant", "content": "Congratulations on Buddy!"},
+    ]
+    with Memory(bank, embedder=tiny_embedder, manager=scripted) as mem:
+        ops = mem.observe(messages, user="andrew")
+        assert [op.text for op in ops] == [
+            "Andrew said: I adopted a dog named Buddy.",
+            "assistant said: Congratulations on Buddy!",
+        ]
+        assert len(scripted.calls) == 2 and mem.stats()["turns"] == 2
+        with pytest.raises(InvalidInput, match="role, content and name"):
+            mem.observe({"role": "user", "content": "hi", "tool_calls": []})
+        assert mem.stats()["turns"] == 2

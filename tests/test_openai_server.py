@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -86,6 +87,20 @@ def test_memory_observes_and_asks_through_the_server(server: str, tmp_path: Path
         answer = mem.ask("How many dogs does Andrew have?", user="andrew")
         assert answer.retrieved >= 1 and answer.llm_calls == 1
         assert mem.usage["llm_calls"] == 2
+
+
+def test_a_prompt_the_servers_context_cannot_hold_is_shrunk_to_fit(
+    server: str, tmp_path: Path, tiny_embedder: Path, caplog
+) -> None:
+    """The server refuses the prompt (HTTP 400, context_length_exceeded); the Answer Agent shows fewer memories
+    and asks again, as it does for a model in process."""
+    with Memory(tmp_path / "b.db", embedder=tiny_embedder, base_url=server, answerer="tiny") as mem:
+        for i in range(60):
+            mem.add(f"Fact {i}: " + "Andrew walked his dog Buddy along the river on a sunny day. " * 6, user="andrew")
+        with caplog.at_level(logging.INFO, logger="memr1.agents"):
+            answer = mem.ask("Where does Andrew walk his dog?", user="andrew", k=60, sources="memories")
+    assert answer.retrieved == 60 and answer.llm_calls >= 1
+    assert any("exceeds 4096" in r.getMessage() for r in caplog.records)
 
 
 def test_truncated_output_is_retried_then_refused_and_the_bank_is_unchanged(

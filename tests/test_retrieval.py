@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from memr1 import Memory, retrieval
-from memr1.retrieval import VectorIndex, fts_query, fuse, fuse_scores, spread
+from memr1.retrieval import VectorIndex, fts_query, fuse_scores, spread
 
 from .conftest import MINILM, needs_minilm
 
@@ -30,12 +30,6 @@ def test_fts_syntax_in_queries_is_plain_text(mem: Memory, query: str) -> None:
     mem.add("the fox and the memories table")
     mem.search(query)  # must not raise
     assert mem.stats()["memories"] == 1
-
-
-def test_fusion_rewards_agreement() -> None:
-    scores = fuse([1, 2, 3], [3, 1, 4])
-    assert max(scores, key=scores.__getitem__) == 1
-    assert scores[3] > scores[2] and 4 in scores
 
 
 def test_modes_use_one_list_each(mem: Memory) -> None:
@@ -183,39 +177,11 @@ def test_context_respects_scope_and_follows_updates(bank: Path) -> None:
         assert [h.memory.id for h in mem.search("purple sneakers", user="u", until="2023-05-01")] == []
         c = mem.add("chess club", user="u", at="2023-05-02T10:00")
         mem.update(a.id, "purple sneakers again")  # re-appended in the index: id order must still hold
-        index = mem._bind()
+        index = mem.vector_index()
         index.sync(mem.store)
         assert list(index._rows.ids) == sorted(index._rows.ids)
         links = index.neighbours([b.id], 2, gap=3600, user="u")
         assert sorted(links) == [(b.id, a.id, 1), (b.id, c.id, 1)]
-
-
-def test_plain_rrf_is_the_first_hybrid_search(mem: Memory) -> None:
-    for text in ["alpha beta", "beta gamma", "gamma delta", "delta alpha"]:
-        mem.add(text)
-    vector = mem.embedder.embed(["alpha gamma"])[0]
-    index = mem._bind()
-    hits = retrieval.search(
-        mem.store,
-        index,
-        vector,
-        "alpha gamma",
-        k=4,
-        user="default",
-        since=None,
-        until=None,
-        filters=None,
-        tuning=retrieval.PLAIN_RRF,
-    )
-    v = [m for m, _ in index.nearest(vector, 50, user="default")]
-    t = [
-        m
-        for m, _ in mem.store.fts(
-            retrieval.fts_query("alpha gamma"), limit=50, user="default", since=None, until=None, filters=None
-        )
-    ]
-    want = fuse(v, t)
-    assert [h.memory.id for h in hits] == sorted(want, key=lambda m: -want[m])
 
 
 def test_time_questions_and_time_statements() -> None:

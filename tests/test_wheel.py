@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the virtualenv'
 
 def run(*args: str | Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env["MEMR1_CACHE"] = str(cwd / "cache")  # the retrieval benchmark's embedding cache
+    env["MEMR1_CACHE_DIR"] = str(cwd / "cache")  # the retrieval benchmark's embedding cache (and probe verdicts)
     done = subprocess.run(
         [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
     )

@@ -1,7 +1,10 @@
 """memr1: long-term memory for LLM agents in one SQLite file."""
 
 from . import prompts
-from .embedding import DEFAULT_EMBEDDER, Embedder, LlamaEmbedder
+from .agents import AnswerAgent, MemoryManager
+from .bank import Bank
+from .config import AgentConfig, Config
+from .embedding import DEFAULT_EMBEDDER, Embedder, LlamaEmbedder, embedder_from_ref, register_embedder
 from .errors import (
     BankBusy,
     BankError,
@@ -15,12 +18,23 @@ from .errors import (
     ModelOutputError,
     PromptTooLong,
 )
+from .llm import Backend, ChatBackend, Generation, LlamaCpp, OpenAICompatible
 from .memory import Memory
 from .schema import Answer, HistoryEntry, Hit, MemoryItem, Operation, Turn
 
 __all__ = [
     "DEFAULT_EMBEDDER",
+    "AgentConfig",
     "Answer",
+    "AnswerAgent",
+    "Backend",
+    "Bank",
+    "ChatBackend",
+    "Config",
+    "Generation",
+    "LlamaCpp",
+    "MemoryManager",
+    "OpenAICompatible",
     "BankBusy",
     "BankError",
     "Conflict",
@@ -40,6 +54,8 @@ __all__ = [
     "Operation",
     "PromptTooLong",
     "Turn",
+    "embedder_from_ref",
     "prompts",
+    "register_embedder",
 ]
 __version__ = "0.1.0"

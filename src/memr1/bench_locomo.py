@@ -21,7 +21,6 @@ costs), categories.png and latency.png. J (LLM-as-a-Judge) is reported only with
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import math
@@ -38,9 +37,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import datasets, memory, prompts, scoring
-from .errors import MemR1Error, PromptTooLong
-from .llm import DEFAULT_CHAT_MODEL, LLM, LlamaCpp, OpenAICompatible
+from . import agents, datasets, memory, prompts, scoring
+from .config import AgentConfig, chat_backend
+from .errors import MemR1Error
+from .llm import LLM
 from .memory import DEFAULT_SOURCES, SOURCES, Memory, Sources
 from .schema import Turn
 
@@ -94,11 +94,12 @@ class Settings:
 
 
 def chat_model(ref: str | None, *, slot: str, s: Settings, base_url: str | None) -> LLM:
-    if base_url:
-        return OpenAICompatible(base_url, ref or "default")
-    return LlamaCpp(
-        ref or DEFAULT_CHAT_MODEL, slot=slot, n_gpu_layers=s.gpu_layers, n_threads=s.threads, max_ctx=s.max_ctx
+    """--gpu-layers, --threads and --max-ctx serve whichever of the agents and the judge run in process: a judge
+    may run here beside agents on --base-url, so they are not refused for a model on a server."""
+    local: dict[str, Any] = (
+        {} if base_url else {"n_gpu_layers": s.gpu_layers, "threads": s.threads, "max_ctx": s.max_ctx}
     )
+    return chat_backend(AgentConfig(model=ref, **local), role=slot, base_url=base_url)
 
 
 def tiny_models(directory: Path) -> tuple[str, str]:
@@ -249,33 +250,18 @@ def stored_dia_ids(mem: Memory, method: str) -> set[str]:
 
 def answer_full_context(llm: LLM, question: str, conv: Conversation) -> dict[str, Any]:
     """Every turn, oldest first; when the prompt overflows, the oldest turns go."""
-    start, items = time.perf_counter(), [(i, turn_line(t), t.at) for i, t in enumerate(conv.turns)]
-    while True:
-        shown = prompts.shown_memories(items)
-        ids = [i for i, _, _ in items]
-        try:
-            done = llm.complete(
-                prompts.answer_messages(question, memories=shown, now=conv.asked_on, distill=False),
-                prompts.DIRECT_ANSWER_SCHEMA,
-                parse=functools.partial(prompts.parse_direct_answer, shown=shown, db_ids=ids),
-                max_tokens=256,
-            )
-        except PromptTooLong as e:
-            if not items:
-                raise
-            keep = max(min(len(items) - 1, int(len(items) * e.limit / e.tokens)), 0)
-            items = items[len(items) - keep :]
-            continue
-        text, _ = done.value
-        return {
-            "prediction": text,
-            "selected": [],
-            "retrieved": len(items),
-            "prompt_tokens": done.prompt_tokens,
-            "completion_tokens": done.completion_tokens,
-            "llm_calls": done.attempts,
-            "seconds": time.perf_counter() - start,
-        }
+    start = time.perf_counter()
+    items = [agents.Shown(i, turn_line(t), t.at, t) for i, t in enumerate(conv.turns)]
+    reply = agents.AnswerAgent(llm).answer(question, items, now=conv.asked_on, distill=False, keep="last")
+    return {
+        "prediction": reply.text,
+        "selected": [],
+        "retrieved": reply.shown,
+        "prompt_tokens": reply.completion.prompt_tokens,
+        "completion_tokens": reply.completion.completion_tokens,
+        "llm_calls": reply.completion.attempts,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def answer_from_bank(mem: Memory, question: str, conv: Conversation, method: str, s: Settings) -> dict[str, Any]:
@@ -342,7 +328,8 @@ def parse_judge(raw: Any) -> bool:
 
 def judge_answer(judge: LLM, qa: datasets.QA, prediction: str) -> bool | None:
     try:
-        done = judge.complete(
+        done = agents.complete(
+            judge,
             judge_messages(qa.question, qa.answer, prediction),
             JUDGE_SCHEMA,
             parse=parse_judge,

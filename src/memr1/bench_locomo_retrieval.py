@@ -17,8 +17,9 @@ is skipped.
 
 Modes: `vector` and `text` (BM25) are one list alone; `hybrid` is `Memory.search()` as shipped;
 `hybrid-rrf` is hybrid search as memr1 first shipped it (reciprocal-rank fusion of two 50-deep
-lists), the baseline. `--ablation` adds the steps between the two, run through the retrieval layer
-on the same bank. Tune on train and val (conv-26, conv-30) only; the test figure is for reporting.
+lists), the baseline; it is defined here, not in memr1.retrieval, as only this comparison runs it.
+`--ablation` adds the steps between the two, run through the retrieval layer on the same bank.
+Tune on train and val (conv-26, conv-30) only; the test figure is for reporting.
 
 Embeddings are cached by model and text in --cache (default ~/.cache/memr1/locomo_retrieval), so
 only the first run pays for embedding about 6,000 turns (several minutes with MiniLM on 2 cores).
@@ -45,20 +46,33 @@ import numpy as np
 
 from . import datasets
 from .embedding import DEFAULT_EMBEDDER as MEMR1_EMBEDDER
-from .embedding import Embedder, LlamaEmbedder
+from .embedding import Embedder, LlamaEmbedder, embed_texts
 from .memory import Memory
-from .retrieval import DEFAULT_TUNING, PLAIN_RRF, Tuning
+from .retrieval import DEFAULT_TUNING, Tuning, VectorIndex, fts_query
 from .retrieval import search as retrieval_search
+from .schema import Hit
 from .scoring import CATEGORIES
+from .store import Store
 
 MINILM = datasets.SHARED / "models" / "all-MiniLM-L6-v2-f16.gguf" if datasets.SHARED else None
 # the MiniLM GGUF beside a clone (RESULTS.md's figures), else memr1's default embedder
 DEFAULT_EMBEDDER = str(MINILM) if MINILM and MINILM.exists() else MEMR1_EMBEDDER
 MODES = ("vector", "text", "hybrid-rrf", "hybrid")
+RRF_K = 60  # the constant from Cormack et al.; robust across collections
+
+
+@dataclass(frozen=True)
+class PlainRRF:
+    """Hybrid search as memr1 first shipped it: reciprocal-rank fusion of the vector and BM25 lists, each
+    max(k, depth) deep, with no time boost and no context. Score fusion replaced it (see RESULTS.md)."""
+
+    depth: int = 50
+
+
 # From memr1's first hybrid search to its default, one step at a time (tuned on train+val only).
-ABLATION: dict[str, Tuning] = {
-    "rrf, 50 deep (first shipped)": PLAIN_RRF,
-    "rrf, 200 deep": Tuning(fusion="rrf", depth=200, context=()),
+ABLATION: dict[str, Tuning | PlainRRF] = {
+    "rrf, 50 deep (first shipped)": PlainRRF(),
+    "rrf, 200 deep": PlainRRF(depth=200),
     "score fusion, 50 deep": Tuning(depth=50, text_weight=1.0, context=(), time_boost=0.0),
     "score fusion, 200 deep": Tuning(text_weight=1.0, context=(), time_boost=0.0),
     "+ context ±1 (0.4)": Tuning(text_weight=1.0, context=(0.4,), time_boost=0.0),
@@ -114,6 +128,45 @@ def evidence_of(raw: Sequence[str], known: set[str]) -> tuple[list[str], Evidenc
     count.unknown = len(set(ids) - known)
     count.no_evidence = int(not good)
     return good, count
+
+
+def fuse(*ranked: Sequence[int], k: int = RRF_K) -> dict[int, float]:
+    """Reciprocal-rank fusion: each list adds 1 / (k + rank) to the memories it holds, rank counted from 1."""
+    scores: dict[int, float] = {}
+    for ranking in ranked:
+        for rank, mid in enumerate(ranking):
+            scores[mid] = scores.get(mid, 0.0) + 1.0 / (k + rank + 1)
+    return scores
+
+
+def rrf_search(
+    store: Store,
+    index: VectorIndex,
+    query_vector: np.ndarray,
+    query: str,
+    *,
+    k: int,
+    user: str | None,
+    baseline: PlainRRF = PlainRRF(),
+) -> list[Hit]:
+    """Top-k hits of the first hybrid search, built from the same vector index and FTS table as search()."""
+    depth = max(k, baseline.depth)
+    index.sync(store)
+    vector = index.nearest(query_vector, depth, user=user)
+    text: list[tuple[int, float]] = []
+    if match := fts_query(query):
+        text = [
+            (mid, -bm25) for mid, bm25 in store.fts(match, limit=depth, user=user, since=None, until=None, filters=None)
+        ]
+    fused = fuse([m for m, _ in vector], [m for m, _ in text])
+    top = sorted(fused, key=lambda m: -fused[m])[:k]
+    items = store.get_many(top)
+    vscore, tscore = dict(vector), dict(text)
+    return [
+        Hit(memory=items[m], score=fused[m], vector_score=vscore.get(m), text_score=tscore.get(m))
+        for m in top
+        if m in items  # deleted between the two reads
+    ]
 
 
 def recall(evidence: Sequence[str], hits: Sequence[Iterable[str]], k: int) -> float:
@@ -299,26 +352,31 @@ def _dia_ids(metadata: dict[str, Any]) -> list[str]:
 def run_mode(mem: Memory, conv: Conversation, mode: str, k: int) -> list[tuple[list[list[str]], float]]:
     """Per question: the dia_ids of each of the top-k hits, and the search time in seconds."""
     out = []
-    tuning = PLAIN_RRF if mode == "hybrid-rrf" else ABLATION.get(mode)
+    tuning = PlainRRF() if mode == "hybrid-rrf" else ABLATION.get(mode)
     for q in conv.questions:
         start = time.perf_counter()
         if tuning is None:
             hits = mem.search(q.text, k, user=conv.sample_id, mode=mode)  # type: ignore[arg-type]
-        else:  # the same retrieval code on the same bank, with other settings
-            vector = mem.embedder.embed([q.text], query=True)[0]  # type: ignore[call-arg]
-            hits = retrieval_search(
-                mem.store,
-                mem._bind(),
-                vector,
-                q.text,
-                k=k,
-                user=conv.sample_id,
-                since=None,
-                until=None,
-                filters=None,
-                mode="hybrid",
-                tuning=tuning,
-            )
+        else:  # the same index and FTS table, the same bank, other settings
+            vector = embed_texts(mem.embedder, [q.text], query=True)[0]
+            if isinstance(tuning, PlainRRF):
+                hits = rrf_search(
+                    mem.store, mem.vector_index(), vector, q.text, k=k, user=conv.sample_id, baseline=tuning
+                )
+            else:
+                hits = retrieval_search(
+                    mem.store,
+                    mem.vector_index(),
+                    vector,
+                    q.text,
+                    k=k,
+                    user=conv.sample_id,
+                    since=None,
+                    until=None,
+                    filters=None,
+                    mode="hybrid",
+                    tuning=tuning,
+                )
         out.append(([_dia_ids(h.memory.metadata) for h in hits], time.perf_counter() - start))
     return out
 

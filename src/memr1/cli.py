@@ -11,10 +11,11 @@ from typing import Any
 
 import click
 
+from .config import Config, per_role_threads
 from .errors import MemR1Error
 from .llm import DEFAULT_TIMEOUT
 from .memory import Memory
-from .runtime import parse_threads, per_role_threads
+from .runtime import parse_threads
 from .schema import Answer, HistoryEntry, MemoryItem, Operation
 
 
@@ -55,7 +56,9 @@ def _threads() -> Any:
 def bank_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = threads_option(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
-    fn = click.option("--embedder", envvar="MEMR1_EMBEDDER", help="Embedding GGUF: a path or owner/repo/file.gguf.")(fn)
+    fn = click.option("--embedder", help="Embedding GGUF: a path or owner/repo/file.gguf.  [default: $MEMR1_EMBEDDER]")(
+        fn
+    )
     fn = click.option("--db", default="memr1.db", envvar="MEMR1_DB", show_default=True, help="The bank file.")(fn)
     return _fail_cleanly(fn)
 
@@ -78,18 +81,19 @@ def agent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         help=f"Seconds one call to the --base-url server may take, retries included.  [default: {DEFAULT_TIMEOUT:g}]",
     )(fn)
     fn = click.option(
-        "--base-url", envvar="MEMR1_BASE_URL", help="An OpenAI-compatible server (then models are names)."
+        "--base-url", help="An OpenAI-compatible server (then models are names).  [default: $MEMR1_BASE_URL]"
     )(fn)
-    fn = click.option("--answerer", envvar="MEMR1_ANSWERER", help="Answer Agent GGUF: a path or owner/repo/file.gguf.")(
-        fn
-    )
-    fn = click.option("--manager", envvar="MEMR1_MANAGER", help="Memory Manager GGUF: a path or owner/repo/file.gguf.")(
-        fn
-    )
+    fn = click.option(
+        "--answerer", help="Answer Agent GGUF: a path or owner/repo/file.gguf.  [default: $MEMR1_ANSWERER]"
+    )(fn)
+    fn = click.option(
+        "--manager", help="Memory Manager GGUF: a path or owner/repo/file.gguf.  [default: $MEMR1_MANAGER]"
+    )(fn)
     return fn
 
 
 def _open(db: str, embedder: str | None, **agents: Any) -> Memory:
+    """Only what was typed goes on: the library applies the environment (memr1.config), as for any caller."""
     if "base_url" in agents:
         agents["server_options"] = _server_options()
     return Memory(db, embedder=embedder, threads=_threads(), **agents)
@@ -390,7 +394,7 @@ DEMO_TURNS = [
 
 @cli.command()
 @click.option("--db", type=click.Path(dir_okay=False), help="Keep the demo bank here (default: a temporary file).")
-@click.option("--embedder", envvar="MEMR1_EMBEDDER", help="Embedding GGUF (default: bge-small-en-v1.5 from the hub).")
+@click.option("--embedder", help="Embedding GGUF (default: $MEMR1_EMBEDDER, else bge-small-en-v1.5 from the hub).")
 @click.option(
     "--tiny", is_flag=True, help="Use tiny random-weight models built locally: no download, nonsense answers."
 )
@@ -401,13 +405,20 @@ def demo(
     db: str | None, embedder: str | None, tiny: bool, manager: str | None, answerer: str | None, base_url: str | None
 ) -> None:
     """Run the Buddy and Scout example end to end: observe two turns, then ask."""
+    # The demo picks tiny models for what is unset, so it must see what the environment sets, as Memory would.
+    chosen = Config.load({"embedder": embedder, "manager": manager, "answerer": answerer, "base_url": base_url})
     with tempfile.TemporaryDirectory() as tmp:
         models = _demo_models(
-            Path(tmp), embedder=embedder, manager=manager, answerer=answerer, tiny=tiny, server=bool(base_url)
+            Path(tmp),
+            embedder=chosen.embedder,
+            manager=chosen.manager.model,
+            answerer=chosen.answerer.model,
+            tiny=tiny,
+            server=bool(chosen.base_url),
         )
         with Memory(
             db or Path(tmp) / "demo.db",
-            base_url=base_url,
+            base_url=chosen.base_url,
             server_options=_server_options(),
             threads=_threads(),
             **models,

@@ -36,6 +36,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from .config import cache_dir  # downloads and benchmark embeddings live beside the models' probe verdicts
+
 
 @dataclass(frozen=True)
 class Turn:
@@ -59,12 +61,6 @@ def _beside_clone() -> Path | None:
 
 
 SHARED = _beside_clone()
-
-
-def cache_dir() -> Path:
-    """Where benchmarks keep downloads and embeddings: $MEMR1_CACHE, else ~/.cache/memr1."""
-    root = os.environ.get("MEMR1_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "memr1"
-    return Path(root)
 
 
 # ---- LoCoMo ----

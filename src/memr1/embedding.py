@@ -1,16 +1,25 @@
-"""Text embeddings through llama.cpp, loaded lazily and once per process."""
+"""Text embeddings: llama.cpp's, loaded lazily and once per process, or any registered embedder.
+
+A bank records the `ref` of the embedder that built it, so that it can be reopened without being told
+again. A GGUF path or hub ref names a `LlamaEmbedder`; any other embedder is named by a ref
+`scheme:rest` whose scheme was registered with `register_embedder`, or declared by an installed
+package in the `memr1.embedders` entry-point group, so that `embedder_from_ref` can build it again.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import threading
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import ModelNotAvailable
+from .errors import InvalidInput, ModelNotAvailable
 from .llm import vet_chat_templates
 from .models import parse_ref, resolve
 from .runtime import check_threads, header, shared_llama, thread_count
@@ -20,9 +29,22 @@ DEFAULT_EMBEDDER = "ChristianAzinn/bge-small-en-v1.5-gguf/bge-small-en-v1.5.Q8_0
 MAX_EMBED_CONTEXT = 8192  # tokens per text; longer texts are truncated
 
 
+ENTRY_POINT_GROUP = "memr1.embedders"
+# A scheme has two characters at least, so that a Windows drive (`C:\\model.gguf`) is read as a path.
+# Hub refs and pinned files cannot match: a '/' or the '@' comes before the ':' of an `@sha256:` pin.
+_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]+):")
+_LLAMA_SCHEMES = frozenset({"hf"})  # hf://owner/repo/file.gguf is a hub ref, read by LlamaEmbedder
+
+
 @runtime_checkable
 class Embedder(Protocol):
-    """Anything that maps texts to unit vectors of a fixed size can back a bank."""
+    """Anything that maps texts to unit vectors of a fixed size can back a bank.
+
+    `query=True` marks search queries, for models that embed a question unlike the passage that answers
+    it; an embedder that makes no such difference ignores it. An older embedder whose `embed` takes no
+    `query` still works: call it through `embed_texts`. An embedder that has a `ref` (a string
+    `embedder_from_ref` builds it again from) lets a bank it built be reopened without naming it again.
+    """
 
     @property
     def identity(self) -> str: ...
@@ -30,7 +52,155 @@ class Embedder(Protocol):
     @property
     def dim(self) -> int: ...
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray: ...
+
+
+# Whether a class's embed takes `query`: a signature is read once per class, not on every search.
+_TAKES_QUERY: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
+def _takes_query(embedder: object) -> bool:
+    cls = type(embedder)
+    known = _TAKES_QUERY.get(cls)
+    if known is None:
+        try:
+            params = inspect.signature(embedder.embed).parameters  # type: ignore[attr-defined]
+        except (TypeError, ValueError):  # a builtin without a signature: call it the old way
+            known = False
+        else:
+            kinds = {p.kind for p in params.values()}
+            named = params.get("query")
+            known = inspect.Parameter.VAR_KEYWORD in kinds or (
+                named is not None and named.kind is not inspect.Parameter.POSITIONAL_ONLY
+            )
+        _TAKES_QUERY[cls] = known
+    return known
+
+
+def embed_texts(embedder: Embedder, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+    """The embedder's float32 vectors for `texts`, one row each, checked before they reach a bank.
+
+    A bank stores the raw bytes of each row and searches them by dot product: a float64 row would be
+    stored as twice as many dimensions, and one NaN would make every ranking that touches it undefined.
+    """
+    texts = list(texts)
+    dim = embedder.dim
+    if not texts:
+        return np.zeros((0, dim), np.float32)
+    out = embedder.embed(texts, query=query) if _takes_query(embedder) else embedder.embed(texts)
+    name = getattr(embedder, "ref", None) or embedder.identity
+    try:
+        vectors = np.asarray(out)
+    except (TypeError, ValueError) as e:  # ragged rows
+        raise ModelNotAvailable(f"embedder {name!r} returned something that is not an array of vectors: {e}") from None
+    if vectors.shape != (len(texts), dim):
+        raise ModelNotAvailable(
+            f"embedder {name!r} returned vectors of shape {vectors.shape} for {len(texts)} texts, "
+            f"expected ({len(texts)}, {dim}): one {dim}-d row per text"
+        )
+    if vectors.dtype.kind not in "fiu":
+        raise ModelNotAvailable(f"embedder {name!r} returned {vectors.dtype} vectors, expected real numbers")
+    vectors = vectors.astype(np.float32, copy=False)
+    if not np.isfinite(vectors).all():
+        bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
+        raise ModelNotAvailable(f"embedder {name!r} returned a vector with NaN or infinite values (text {bad})")
+    return vectors
+
+
+# ---- embedders named by a ref ----
+
+_FACTORIES: dict[str, Callable[[str], Embedder]] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def register_embedder(scheme: str, factory: Callable[[str], Embedder]) -> None:
+    """Make `embedder_from_ref("scheme:...")` return `factory("scheme:...")`, replacing an earlier factory.
+
+    The factory gets the whole ref. It is also called with refs read from bank files, which anyone who
+    could write the file chose: treat the text after the scheme as untrusted input."""
+    if not isinstance(scheme, str) or not _SCHEME.fullmatch(scheme + ":"):
+        raise InvalidInput(
+            f"an embedder scheme is a lowercase letter then letters, digits, '+', '-' or '.', at least two "
+            f"characters (one would read as a Windows drive), got {scheme!r}"
+        )
+    if scheme in _LLAMA_SCHEMES:
+        raise InvalidInput(f"the scheme {scheme!r} names GGUF models on the Hugging Face hub; choose another")
+    if not callable(factory):
+        raise InvalidInput(f"an embedder factory must be callable, got {factory!r}")
+    with _REGISTRY_LOCK:
+        _FACTORIES[scheme] = factory
+
+
+def _discover(scheme: str) -> Callable[[str], Embedder] | None:
+    """The factory an installed package declares for `scheme`, imported now: plugins nobody uses cost nothing."""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == scheme]
+    if not found:
+        return None
+    providers = sorted({ep.value for ep in found})
+    if len(providers) > 1:  # picking one by install order would make a bank's embedder depend on it
+        raise ModelNotAvailable(
+            f"several installed packages declare the embedder scheme {scheme!r} ({', '.join(providers)}); "
+            "uninstall all but one, or choose one with memr1.embedding.register_embedder"
+        )
+    try:
+        factory = found[0].load()
+    except Exception as e:
+        raise ModelNotAvailable(
+            f"the embedder plugin {found[0].value!r} for scheme {scheme!r} failed to load: {e}"
+        ) from e
+    if not callable(factory):
+        raise ModelNotAvailable(f"the embedder plugin {found[0].value!r} for scheme {scheme!r} is not callable")
+    with _REGISTRY_LOCK:
+        return _FACTORIES.setdefault(scheme, factory)
+
+
+def _has_embedder_shape(obj: object) -> bool:
+    # Read statically: isinstance(obj, Embedder) calls `dim` on Python < 3.12, which makes a LlamaEmbedder
+    # resolve its file, and a factory's embedder should stay as lazy as it was built.
+    for name in ("identity", "dim", "embed"):
+        try:
+            inspect.getattr_static(obj, name)
+        except AttributeError:
+            return False
+    return callable(getattr(obj, "embed", None))
+
+
+def embedder_from_ref(ref: str, *, n_threads: int | None = None, named_by: str | None = None) -> Embedder:
+    """The embedder a ref names: a registered (or entry-point) scheme's, else a GGUF `LlamaEmbedder`.
+
+    `n_threads` and `named_by` go to a LlamaEmbedder only (see its docstring); a factory decides for itself.
+    A ref with an unknown scheme is refused rather than read as a file, unless that file exists."""
+    if not isinstance(ref, str):
+        raise ModelNotAvailable(f"an embedder ref must be a string, got {type(ref).__name__}")
+    match = _SCHEME.match(ref)
+    scheme = match[1] if match else None
+    if scheme is None or scheme in _LLAMA_SCHEMES:
+        return LlamaEmbedder(ref, n_threads=n_threads, named_by=named_by)
+    factory = _FACTORIES.get(scheme) or _discover(scheme)
+    if factory is None:
+        if Path(ref.split("@sha256:", 1)[0]).expanduser().exists():  # a file whose name has a colon
+            return LlamaEmbedder(ref, n_threads=n_threads, named_by=named_by)
+        by = f", named by {named_by}," if named_by else ""
+        raise ModelNotAvailable(
+            f"no embedder is registered for the scheme {scheme!r} of {ref!r}{by} and no installed package "
+            f"declares it. Call memr1.embedding.register_embedder({scheme!r}, factory) before opening the bank, "
+            f"or install the package that provides it (an entry point named {scheme!r} in the group "
+            f"{ENTRY_POINT_GROUP!r})"
+        )
+    try:
+        embedder = factory(ref)
+    except ModelNotAvailable:
+        raise
+    except Exception as e:
+        raise ModelNotAvailable(f"the embedder factory for scheme {scheme!r} failed on {ref!r}: {e!r}") from e
+    if not _has_embedder_shape(embedder):
+        raise ModelNotAvailable(
+            f"the embedder factory for scheme {scheme!r} returned {type(embedder).__name__}, which is not an "
+            "Embedder (identity, dim and embed(texts, *, query=False))"
+        )
+    return embedder
 
 
 class LlamaEmbedder:

@@ -1,10 +1,12 @@
-"""LLM backends: one chat completion constrained to a JSON schema, parsed and validated.
+"""Chat backends: one generation constrained to a JSON schema, and nothing else.
 
-`LlamaCpp` runs a GGUF in process; `OpenAICompatible` talks to llama-server, vLLM or
-Ollama. Both retry malformed output a bounded number of times and then raise
-`ModelOutputError`, so callers never see half-parsed output. Neither trusts what it
-did not write: a chat template renders in a bounded child process, and a server's
-answer is bounded in time and size and validated before it is read.
+A backend implements `generate` (messages, schema, max tokens, temperature and seed in; text and
+token usage out) and says how long its context is and how many tokens a prompt takes, when it
+knows. Everything shared (retries on unusable output, parsing, shrinking a prompt to fit) lives
+once in `memr1.agents`, so every backend gets it. `LlamaCpp` runs a GGUF in process;
+`OpenAICompatible` talks to llama-server, vLLM or Ollama. Neither trusts what it did not write:
+a chat template renders in a bounded child process, and a server's answer is bounded in time and
+size and validated before it is read.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -28,9 +31,8 @@ import httpcore
 from pydantic import BaseModel, Field, NonNegativeInt, ValidationError
 
 from . import chat_template
-from .errors import InvalidInput, ModelNotAvailable, ModelOutputError, PromptTooLong
+from .errors import InvalidInput, ModelNotAvailable, PromptTooLong
 from .models import resolve
-from .prompts import OutputRejected
 from .runtime import check_threads, header, shared_llama, thread_count
 
 log = logging.getLogger("memr1.llm")
@@ -59,8 +61,19 @@ SERVER_OPTIONS = ("timeout", "max_response_bytes", "api_key", "api_key_env")
 
 
 @dataclass
+class Generation:
+    """What one backend call produced: the raw text, before any parsing, and what it cost."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
 class Completion:
-    value: Any  # what the parser returned
+    """A parsed completion: what the agents' parser returned, over every attempt it took."""
+
+    value: Any
     text: str
     prompt_tokens: int
     completion_tokens: int
@@ -69,8 +82,61 @@ class Completion:
 
 
 @runtime_checkable
-class LLM(Protocol):
-    """A chat model that answers with JSON matching `schema`; `parse` validates it or raises OutputRejected."""
+class Backend(Protocol):
+    """A chat model that can be constrained to a JSON schema: the one method a backend implements.
+
+    `context_length()` and `count_tokens(messages)` return None when the backend cannot know (a
+    server): then `generate` raises `PromptTooLong` itself when a prompt overflows. A backend may
+    also carry the sampling defaults the agents read: `temperature`, `seed`, `retries` (how many
+    times unusable output is asked again) and `max_tokens` (a cap on what each agent asks for)."""
+
+    def generate(
+        self,
+        messages: Sequence[dict[str, str]],
+        schema: dict[str, Any],
+        *,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> Generation: ...
+
+    def context_length(self) -> int | None: ...
+
+    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int | None: ...
+
+
+LLM = Backend  # the name before the backend protocol was one method
+
+
+class ChatBackend:
+    """Sampling defaults shared by memr1's backends, and `complete`: one parsed, retried call.
+
+    Subclass it to write a backend: implement `generate`, and `context_length`/`count_tokens`
+    where the model knows them."""
+
+    def __init__(self, *, temperature: float = 0.0, seed: int = 0, retries: int = 2, max_tokens: int | None = None):
+        if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):  # llama.cpp: 0 = no limit
+            raise InvalidInput(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+        if type(retries) is not int or not 0 <= retries <= 100:
+            raise InvalidInput(f"retries must be an int from 0 to 100, got {retries!r}")
+        self.temperature, self.seed, self.retries, self.max_tokens = temperature, seed, retries, max_tokens
+
+    def generate(
+        self,
+        messages: Sequence[dict[str, str]],
+        schema: dict[str, Any],
+        *,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> Generation:
+        raise NotImplementedError
+
+    def context_length(self) -> int | None:
+        return None
+
+    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int | None:
+        return None
 
     def complete(
         self,
@@ -79,26 +145,11 @@ class LLM(Protocol):
         *,
         parse: Callable[[Any], T],
         max_tokens: int = 512,
-    ) -> Completion: ...
+    ) -> Completion:
+        """`generate` until `parse` accepts the text, as the agents call it."""
+        from .agents import complete  # the agents import backends: this way round at call time only
 
-
-def retry_until_parsed(
-    name: str, retries: int, attempt: Callable[[int], tuple[str, int, int]], parse: Callable[[Any], Any]
-) -> Completion:
-    """Run `attempt(i)` until `parse` accepts its text; sum tokens and time over all tries."""
-    start, prompt, completion, reasons = time.perf_counter(), 0, 0, []
-    for i in range(retries + 1):
-        text, p, c = attempt(i)
-        prompt, completion = prompt + p, completion + c
-        try:
-            value = parse(text)
-        except OutputRejected as e:
-            reasons.append(str(e))
-            log.warning("%s: output rejected (attempt %d of %d): %s", name, i + 1, retries + 1, e)
-            continue
-        return Completion(value, text, prompt, completion, time.perf_counter() - start, i + 1)
-    log.error("%s: refused after %d unusable outputs; nothing was written", name, retries + 1)
-    raise ModelOutputError(f"{name} gave unusable output {retries + 1} times; last: {reasons[-1]}", reasons=reasons)
+        return complete(self, messages, schema, parse=parse, max_tokens=max_tokens)
 
 
 class _Refused(Exception):
@@ -179,7 +230,7 @@ def vet_chat_templates(path: Path, ref: str) -> None:
             raise ModelNotAvailable(f"chat template of {ref!r} {e}") from None
 
 
-class LlamaCpp:
+class LlamaCpp(ChatBackend):
     """A GGUF chat model in process.
 
     User content is tokenized with special tokens disabled, so text such as
@@ -200,7 +251,6 @@ class LlamaCpp:
         seed: int = 0,
         temperature: float = 0.0,
         retries: int = 2,
-        reuse_prefix: bool = True,
         slot: str = "",
         max_tokens: int | None = None,
         sha256: str | None = None,
@@ -209,27 +259,20 @@ class LlamaCpp:
 
         `n_threads` serves generation and prompt processing alike; by default $MEMR1_MANAGER_THREADS or
         $MEMR1_ANSWERER_THREADS (by `slot`), then $MEMR1_THREADS, then the available cores up to 8."""
-        if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):  # llama.cpp: 0 = no limit
-            raise InvalidInput(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+        super().__init__(temperature=temperature, seed=seed, retries=retries, max_tokens=max_tokens)
         for name, value in (("n_ctx", n_ctx), ("max_ctx", max_ctx)):
             if value is not None and (type(value) is not int or value < MIN_CONTEXT):
                 raise InvalidInput(f"{name} must be an int of at least {MIN_CONTEXT} tokens, got {value!r}")
         if n_threads is not None:
             check_threads(n_threads, "n_threads")
         self.ref = os.fspath(model)
-        self.max_tokens, self.sha256 = max_tokens, sha256
+        self.sha256, self.slot = sha256, slot
         self.n_ctx, self.max_ctx, self.n_threads, self.n_gpu_layers = n_ctx, max_ctx, n_threads, n_gpu_layers
-        self.seed, self.temperature, self.retries, self.reuse_prefix, self.slot = (
-            seed,
-            temperature,
-            retries,
-            reuse_prefix,
-            slot,
-        )
         self._path: Path | None = None
         self._markup: dict[tuple[str, ...], list[list[int]]] = {}
         self._vetted = False
         self._grammars: dict[str, Any] = {}
+        self._counted: tuple[str, list[int]] | None = None  # the last prompt counted: generate reuses it
 
     @property
     def path(self) -> Path:
@@ -282,6 +325,16 @@ class LlamaCpp:
             out += llm.tokenize(message["content"].encode(), add_bos=False, special=False)
         return out + markup[-1]
 
+    def count_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        return len(self._prompt(messages))
+
+    def _prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """The agents count a prompt, then generate from it: tokenize it once."""
+        key = json.dumps(list(messages))
+        if self._counted is None or self._counted[0] != key:
+            self._counted = (key, self.tokens(messages))
+        return self._counted[1]
+
     def _markup_for(self, llm: Any, roles: tuple[str, ...]) -> list[list[int]]:
         """The markup before each message and after the last, tokenized. It depends on the roles alone, as the
         template renders around placeholders: contents are never in the string it returns, so no content can
@@ -304,46 +357,36 @@ class LlamaCpp:
             self._markup[roles] = [llm.tokenize(p.encode(), add_bos=False, special=True) for p in [*pieces, rendered]]
         return self._markup[roles]
 
-    def complete(
+    def generate(
         self,
         messages: Sequence[dict[str, str]],
         schema: dict[str, Any],
         *,
-        parse: Callable[[Any], T],
-        max_tokens: int = 512,
-    ) -> Completion:
-        started = time.perf_counter()
-        max_tokens = min(max_tokens, self.max_tokens or max_tokens)
-        if max_tokens < 1:
-            raise InvalidInput(f"max_tokens must be at least 1, got {max_tokens}")  # llama.cpp reads 0 as unbounded
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> Generation:
+        if type(max_tokens) is not int or max_tokens < 1:  # llama.cpp reads 0 as unbounded
+            raise InvalidInput(f"max_tokens must be a positive int, got {max_tokens!r}")
         llm, lock = self._llama()
         grammar = self._grammar(schema)
-        prompt = self.tokens(messages)
-        budget = llm.n_ctx() - len(prompt)
-        if budget < min(max_tokens, 256):
+        prompt = self._prompt(messages)
+        room = llm.n_ctx() - len(prompt)
+        if room < 1:
             raise PromptTooLong(
-                f"prompt of {len(prompt)} tokens leaves too little room in a {llm.n_ctx()}-token context",
-                tokens=len(prompt) + min(max_tokens, 256),
+                f"prompt of {len(prompt)} tokens does not fit a {llm.n_ctx()}-token context",
+                tokens=len(prompt) + 1,
                 limit=llm.n_ctx(),
             )
+        with lock:
+            out = llm.create_completion(
+                prompt=prompt, grammar=grammar, max_tokens=min(max_tokens, room), temperature=temperature, seed=seed
+            )
+        usage = out["usage"]
+        return Generation(out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"])
 
-        def attempt(i: int) -> tuple[str, int, int]:
-            with lock:
-                if not self.reuse_prefix:
-                    llm.reset()  # forget the cached prefix: every call re-evaluates the whole prompt
-                out = llm.create_completion(
-                    prompt=prompt,
-                    grammar=grammar,
-                    max_tokens=min(max_tokens, budget),
-                    temperature=self.temperature if i == 0 else max(self.temperature, 0.7),
-                    seed=self.seed + i,
-                )
-            usage = out["usage"]
-            return out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"]
-
-        done = retry_until_parsed(f"{Path(self.ref).name}", self.retries, attempt, parse)
-        done.seconds = time.perf_counter() - started  # tokenizing the prompt is model work too
-        return done
+    def __repr__(self) -> str:
+        return f"LlamaCpp({Path(self.ref).name!r})"
 
 
 class _Usage(BaseModel):
@@ -378,11 +421,13 @@ class _Deadlines(httpcore.NetworkBackend):
 
     @contextlib.contextmanager
     def until(self, deadline: float) -> Iterator[None]:
-        self._local.deadline = deadline
+        """Within an outer deadline (a call's retries), the earlier of the two holds."""
+        outer = getattr(self._local, "deadline", None)
+        self._local.deadline = deadline if outer is None else min(outer, deadline)
         try:
             yield
         finally:
-            del self._local.deadline
+            self._local.deadline = outer
 
     def left(self, timeout: float | None, expired: type[Exception]) -> float:
         left = self._local.deadline - time.monotonic()
@@ -448,7 +493,7 @@ def check_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     return options
 
 
-class OpenAICompatible:
+class OpenAICompatible(ChatBackend):
     """An OpenAI-compatible /v1/chat/completions server: llama-server, vLLM, Ollama, llama_cpp.server.
 
     The schema is sent as `response_format={"type": "json_schema", ...}`; servers that only
@@ -489,11 +534,10 @@ class OpenAICompatible:
         url = urllib.parse.urlsplit(base_url if isinstance(base_url, str) else "")
         if url.scheme not in ("http", "https") or not url.hostname or url.query or url.fragment:
             raise InvalidInput(f"base_url must be an http:// or https:// address, got {base_url!r}")
+        super().__init__(temperature=temperature, seed=seed, retries=retries, max_tokens=max_tokens)
         self.base_url = base_url.rstrip("/")
-        self.max_tokens = max_tokens  # a cap over what each agent asks for
         self.model, self.api_key, self.api_key_env = model, api_key, api_key_env
         self.timeout, self.max_response_bytes = float(timeout), max_response_bytes
-        self.temperature, self.retries, self.seed = temperature, retries, seed
         self._format: str | None = None
         self._deadlines = _Deadlines()
         # No keep-alive: a call takes seconds, and a pooled connection the server has closed meanwhile fails the
@@ -526,7 +570,7 @@ class OpenAICompatible:
                         "which could carry the API key elsewhere: set base_url to the address that answers"
                     )
                 if response.status >= 300:
-                    return response.status, _read(response, 300)
+                    return response.status, _read(response, 2000)  # enough to say why
                 declared = _header(response, b"content-length")
                 if declared.isdigit() and int(declared) > self.max_response_bytes:
                     raise ModelNotAvailable(
@@ -566,34 +610,70 @@ class OpenAICompatible:
             return {"type": "json_schema", "json_schema": {"name": "memr1", "schema": schema, "strict": True}}
         return {"type": "json_object", "schema": schema}
 
-    def complete(
+    def deadline(self) -> contextlib.AbstractContextManager[None]:
+        """Every `generate` within it, the agents' retries included, ends within `timeout` of its start."""
+        return self._deadlines.until(time.monotonic() + self.timeout)
+
+    def generate(
         self,
         messages: Sequence[dict[str, str]],
         schema: dict[str, Any],
         *,
-        parse: Callable[[Any], T],
-        max_tokens: int = 512,
-    ) -> Completion:
-        def attempt(i: int) -> tuple[str, int, int]:
-            body = {
-                "model": self.model,
-                "messages": list(messages),
-                "max_tokens": min(max_tokens, self.max_tokens or max_tokens),
-                "temperature": self.temperature if i == 0 else max(self.temperature, 0.7),
-                "seed": self.seed + i,
-            }
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> Generation:
+        body = {
+            "model": self.model,
+            "messages": list(messages),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "seed": seed,
+        }
+        with self.deadline():
             for kind in [self._format] if self._format else ["json_schema", "json_object"]:
                 status, data = self._post({**body, "response_format": self._format_for(schema, kind)})
                 if status >= 300:
+                    if overflow := _overflow(status, data):
+                        raise overflow
                     if self._format is None and kind == "json_schema":
                         continue  # llama_cpp.server answers 500, others 400/422: try the other form
-                    raise ModelNotAvailable(f"{self.base_url} answered HTTP {status}: {bytes(data)!r}")
+                    raise ModelNotAvailable(f"{self.base_url} answered HTTP {status}: {bytes(data[:300])!r}")
                 self._format = kind
-                return self._reply(data)
-            raise ModelNotAvailable(f"{self.base_url} accepts neither json_schema nor json_object response formats")
+                return Generation(*self._reply(data))
+        raise ModelNotAvailable(f"{self.base_url} accepts neither json_schema nor json_object response formats")
 
-        with self._deadlines.until(time.monotonic() + self.timeout):
-            return retry_until_parsed(f"{self.base_url} ({self.model})", self.retries, attempt, parse)
+    def __repr__(self) -> str:
+        return f"OpenAICompatible({self.base_url!r}, {self.model!r})"
+
+
+# How servers say a prompt overflows the context: llama-server ("exceed_context_size_error" with
+# n_prompt_tokens and n_ctx), llama_cpp.server, vLLM and OpenAI (in words). The numbers let the agents
+# shrink the prompt in proportion; without them it is halved.
+_OVERFLOW = re.compile(
+    r"exceed_context_size|context_length_exceeded|exceeds? (the )?(available )?context|maximum context length"
+    r"|exceed context window",
+    re.IGNORECASE,
+)
+_LIMIT = re.compile(r"(?:maximum context length is|context window of|n_ctx\W+)\s*(\d+)", re.IGNORECASE)
+_TOKENS = re.compile(
+    r"(?:Requested tokens \(|you requested |resulted in |has |n_prompt_tokens\W+)\s*(\d+)", re.IGNORECASE
+)
+
+
+def _overflow(status: int, data: bytearray) -> PromptTooLong | None:
+    """The server's refusal of a prompt too long for its context, as the PromptTooLong the agents shrink on."""
+    text = bytes(data).decode("utf-8", "replace")
+    if status not in (400, 413, 422, 500) or not _OVERFLOW.search(text):
+        return None
+    limit, tokens = _LIMIT.search(text), _TOKENS.search(text)
+    if limit and tokens and int(tokens.group(1)) > int(limit.group(1)) > 0:
+        return PromptTooLong(
+            f"the server's context holds {limit.group(1)} tokens; the request needs {tokens.group(1)}",
+            tokens=int(tokens.group(1)),
+            limit=int(limit.group(1)),
+        )
+    return PromptTooLong(f"the prompt does not fit the server's context: {text[:200]!r}", tokens=2, limit=1)
 
 
 def _header(response: httpcore.Response, name: bytes) -> bytes:
@@ -608,19 +688,3 @@ def _read(response: httpcore.Response, limit: int) -> bytearray:
         if len(body) >= limit:
             break
     return body
-
-
-def as_llm(
-    spec: LLM | str | os.PathLike[str] | None,
-    *,
-    slot: str,
-    base_url: str | None = None,
-    n_threads: int | None = None,
-    server_options: Mapping[str, Any] | None = None,
-) -> LLM:
-    """An LLM from an instance, a GGUF path/HF ref, or a server model name when `base_url` is set."""
-    if isinstance(spec, LLM):
-        return spec
-    if base_url:
-        return OpenAICompatible(base_url, os.fspath(spec) if spec else "default", **(server_options or {}))
-    return LlamaCpp(spec if spec is not None else DEFAULT_CHAT_MODEL, slot=slot, n_threads=n_threads)

@@ -1,98 +1,76 @@
-"""`Memory`: the façade that wires store, embedder and retrieval together."""
+"""`Memory`: a `Bank` with the two agents, composed for `observe` and `ask`.
+
+observe(turn): bank.search(turn) -> MemoryManager.decide(turn, related) -> bank.apply(plan, turn)
+ask(question): bank.recall(question) -> AnswerAgent.answer(question, items) -> Answer
+"""
 
 from __future__ import annotations
 
 import builtins
-import contextlib
-import functools
-import itertools
-import json
 import logging
 import os
 import random
-import stat
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
-from . import prompts, retrieval
-from .embedding import DEFAULT_EMBEDDER, Embedder, LlamaEmbedder
-from .errors import BankError, Conflict, InvalidInput, PromptTooLong
-from .llm import LLM, Completion, as_llm, check_server_options
-from .runtime import per_role_threads
+from . import prompts
+from .agents import AnswerAgent, MemoryManager
+from .bank import DEFAULT_USER, SOURCES, Bank, Sources, _first_error, turn_line
+from .config import Config
+from .embedding import Embedder
+from .errors import Conflict, InvalidInput
+from .llm import Backend, Completion, check_server_options
 from .schema import (
     Answer,
-    HistoryEntry,
-    Hit,
     MemoryItem,
     Operation,
     StoredTurn,
     Turn,
-    check_id,
     check_label,
     check_metadata,
     check_text,
     check_user,
     parse_time,
-    timestamp,
-    utcnow,
 )
-from .store import DEFAULT_BUSY_TIMEOUT_MS, Change, ImportSection, Store, memory_key
 
+__all__ = ["DEFAULT_SOURCES", "DEFAULT_USER", "Memory", "turn_line"]
 log = logging.getLogger("memr1")
-DEFAULT_USER = "default"
-EXPORT_VERSION = 1
-MANAGER_MAX_TOKENS = 320  # three facts of up to 200 characters, in JSON: the grammar closes it before this
-SOURCES = ("memories", "turns", "both")
-Sources = Literal["memories", "turns", "both"]
 # Measured on LoCoMo's validation conversation (conv-30, first 3 sessions, Qwen2.5-Coder-1.5B as both agents, k=30):
 # turns F1 40.8, both 32.6, memories 14.0 (RESULTS.md). Revisit once the manager is trained (issue 14).
 DEFAULT_SOURCES: Sources = "turns"
 OBSERVE_ATTEMPTS = 5  # a turn re-decided on fresh memories when concurrent writers changed the ones it touches
+# Chat messages ({"role", "content"}, as mem0's add takes them) are turns; these roles are not conversation.
+SKIPPED_ROLES = ("system", "tool", "developer")
 
 
-class Shown(NamedTuple):
-    """An item the Answer Agent may be shown: a memory or a raw turn, under a key that says which."""
+class Memory(Bank):
+    """A memory bank in one SQLite file, with a Memory Manager that decides what to remember of each turn
+    (`observe`) and an Answer Agent that answers from it (`ask`). Everything `Bank` does works without
+    loading either model.
 
-    key: int | tuple[str, int]  # a memory id; with turns among the items, ("memory" | "turn", id)
-    text: str
-    at: datetime | None
-    item: MemoryItem | StoredTurn
-
-
-def turn_line(speaker: str | None, text: str) -> str:
-    """How a raw turn is embedded and shown: who said it matters to "What did Caroline..." questions."""
-    return f"{speaker}: {text}" if speaker else text
-
-
-class Memory:
-    """A memory bank in one SQLite file.
-
-    Thread model: a `Memory` may be shared by threads. Database work is serialised on
-    one connection; embedding (and, later, LLM calls) run outside that lock, each model
-    behind its own. Several processes may open the same file: writes are short
-    BEGIN IMMEDIATE transactions in WAL mode, waiting up to `busy_timeout` seconds.
-    """
+    `user` scopes every call. A name means that user's data only: another user's memory is not found.
+    `user=None` means no restriction by user, where a call allows it (`list`, `search`, `get`, `update`,
+    `delete`, `history`, `export`); `observe`, `ask`, `add` and `forget` need a user and default to
+    "default"."""
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
         embedder: str | os.PathLike[str] | Embedder | None = None,
-        manager: LLM | str | os.PathLike[str] | None = None,
-        answerer: LLM | str | os.PathLike[str] | None = None,
+        manager: Backend | str | os.PathLike[str] | None = None,
+        answerer: Backend | str | os.PathLike[str] | None = None,
         base_url: str | None = None,
         server_options: Mapping[str, Any] | None = None,
-        related_k: int = 10,
-        busy_timeout: float = DEFAULT_BUSY_TIMEOUT_MS / 1000,
+        related_k: int | None = None,
+        busy_timeout: float | None = None,
         threads: int | Mapping[str, int] | None = None,
+        config: Config | Mapping[str, Any] | None = None,
     ) -> None:
         """Open (or create) a bank. Models are GGUF paths or `owner/repo/file.gguf` hub references,
         resolved and loaded on first use; with `base_url`, manager/answerer name models on an
@@ -100,542 +78,152 @@ class Memory:
         call, retries included; default 300), `max_response_bytes` (default 8 MiB), `api_key` (default
         $OPENAI_API_KEY) and `api_key_env`. The embedder is `embedder`, else $MEMR1_EMBEDDER, else the one
         the bank recorded (only if it is already on this machine: a bank does not choose downloads), else
-        the default.
+        the default. Any of them may be an instance instead: an `Embedder`, or a `Backend` for an agent.
 
         `threads` sets llama.cpp threads for the models this bank loads: one count for all, or
         `{"embedder": 1, "manager": 2, "answerer": 2}`. Unset roles follow $MEMR1_<ROLE>_THREADS,
         then $MEMR1_THREADS, then a default (1 for the embedder; the cores, up to 8, for agents).
-        Model instances passed in keep their own settings."""
-        if not _is_number(busy_timeout) or not 0 <= busy_timeout <= 86_400:
-            raise InvalidInput(f"busy_timeout must be a number of seconds from 0 to 86400, got {busy_timeout!r}")
-        if isinstance(related_k, bool) or not isinstance(related_k, int) or not 0 <= related_k <= 1000:
-            raise InvalidInput(f"related_k must be an int from 0 to 1000, got {related_k!r}")
-        for role, spec in (("embedder", embedder), ("manager", manager), ("answerer", answerer)):
-            if spec is not None and not isinstance(spec, (str, os.PathLike, Embedder, LLM)):
+        Model instances passed in keep their own settings.
+
+        `config` (a `Config`, or a dict as `Config.load` reads it) holds every setting in one place, per-agent
+        backend options included: `{"manager": {"model": "m.gguf", "n_gpu_layers": 20}, "answerer": {...}}`.
+        Arguments and environment variables follow one rule everywhere, the CLI's too: what is given beats
+        the environment, which beats the default."""
+        for role, spec in (("manager", manager), ("answerer", answerer)):
+            if spec is not None and not isinstance(spec, (str, os.PathLike, Backend)):
                 raise InvalidInput(
-                    f"{role} must be a model path, a reference or an instance, not {type(spec).__name__}"
+                    f"{role} must be a model path, a reference or a backend (with a generate method), "
+                    f"not {type(spec).__name__}"
                 )
-        self._threads = per_role_threads(threads)
-        self._base_url = base_url or os.environ.get("MEMR1_BASE_URL") or None
-        self._server_options = check_server_options(server_options)
-        if self._server_options and not self._base_url:
-            raise InvalidInput("server_options configure the server at base_url (or $MEMR1_BASE_URL); none is set")
-        self.store = Store(path, busy_timeout_ms=int(busy_timeout * 1000))
-        self._manager_spec = manager or os.environ.get("MEMR1_MANAGER") or None
-        self._answerer_spec = answerer or os.environ.get("MEMR1_ANSWERER") or None
-        self._manager: LLM | None = None
-        self._answerer: LLM | None = None
-        self.related_k = related_k
+        agents: dict[str, Backend | None] = {
+            "manager": manager if isinstance(manager, Backend) else None,
+            "answerer": answerer if isinstance(answerer, Backend) else None,
+        }
+        settings = (base_url, server_options, related_k, busy_timeout, threads)
+        if config is None:
+            options = check_server_options(server_options)
+            values: dict[str, Any] = {
+                "embedder": None if isinstance(embedder, Embedder) else embedder,
+                "base_url": base_url,
+                "related_k": related_k,
+                "busy_timeout": busy_timeout,
+                "threads": threads,
+            }
+            for role, spec in (("manager", manager), ("answerer", answerer)):
+                model = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else None
+                values[role] = {"model": model, **options}
+            config = Config.load(values)
+            if options and not config.base_url:
+                raise InvalidInput("server_options configure the server at base_url (or $MEMR1_BASE_URL); none is set")
+        elif (
+            any(v is not None for v in settings)
+            or isinstance(manager, (str, os.PathLike))
+            or isinstance(answerer, (str, os.PathLike))
+        ):
+            raise InvalidInput("pass the settings as arguments or in config, not both (model instances may join it)")
+        elif not isinstance(config, Config):
+            config = Config.load(config)
+        super().__init__(path, embedder=embedder if isinstance(embedder, Embedder) else None, config=config)
+        self._manager, self._answerer = agents["manager"], agents["answerer"]
+        self.related_k = config.related_k
         self.usage = {"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "llm_seconds": 0.0, "dropped_ops": 0}
         self._usage_lock = threading.Lock()
-        self._index: retrieval.VectorIndex | None = None
-        self._turns: retrieval.TurnIndex | None = None
-        self._erasures = 0
-        recorded = self.store.meta().get("embedder_ref") or None
-        chosen = embedder if isinstance(embedder, Embedder) else embedder or os.environ.get("MEMR1_EMBEDDER") or None
-        if isinstance(chosen, Embedder):
-            self.embedder: Embedder = chosen
-        elif chosen is None and recorded and recorded != DEFAULT_EMBEDDER:
-            # A bank may come from anyone: a model it names is used only if it is already on this machine
-            # (memr1's own default excepted: that one it would fetch for a new bank anyway).
-            self.embedder = LlamaEmbedder(
-                recorded, n_threads=self._threads["embedder"], named_by=f"the bank {self.store.path}"
-            )
-        else:
-            self.embedder = LlamaEmbedder(chosen or DEFAULT_EMBEDDER, n_threads=self._threads["embedder"])
-        if embedder is not None:
-            self._bind()  # an explicit embedder is checked against the bank at open
-
-    # ---- lifecycle ----
 
     def __enter__(self) -> Memory:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.store.close()
-
-    @property
-    def path(self) -> Path:
-        return self.store.path
-
-    def _bind(self) -> retrieval.VectorIndex:
-        erasures = self.store.erasures()  # read before the copies are made, so an erasure meanwhile is seen next time
-        if self._index is None:
-            ref = getattr(self.embedder, "ref", None)
-            self.store.bind_embedder(self.embedder.identity, self.embedder.dim, ref)
-        if self._index is None or erasures != self._erasures:
-            # The in-memory copies follow the bank's append-only history; an erasure deletes history
-            # rows instead, so after one (by any process) they are made afresh.
-            self._index = retrieval.VectorIndex(self.embedder.dim)
-            self._turns = retrieval.TurnIndex(self.embedder.dim)
-            self._erasures = erasures
-        return self._index
-
-    def _embed(self, texts: builtins.list[str], *, query: bool = False) -> np.ndarray:
-        self._bind()
-        if query and isinstance(self.embedder, LlamaEmbedder):
-            return self.embedder.embed(texts, query=True)
-        return self.embedder.embed(texts)
-
-    # ---- writes ----
-
-    def add(
-        self,
-        text: str,
-        *,
-        user: str = DEFAULT_USER,
-        at: datetime | str | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> MemoryItem:
-        """Store one memory verbatim (no LLM); see `observe` for the Memory Manager."""
-        text, user, moment, metadata = check_text(text), check_user(user), parse_time(at), check_metadata(metadata)
-        vector = self._embed([text])[0]
-        change = Change(
-            "ADD",
-            user,
-            text=text,
-            vector=vector.tobytes(),
-            at=moment,
-            at_ts=timestamp(moment or utcnow()),
-            metadata=metadata,
-        )
-        item = self.store.apply([change], actor="api")[0]
-        assert item is not None
-        return item
-
-    def update(
-        self,
-        memory_id: int,
-        text: str,
-        *,
-        user: str | None = None,
-        at: datetime | str | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> MemoryItem:
-        """Replace a memory's text (metadata is merged); the old text stays in its history."""
-        memory_id, text, metadata = check_id(memory_id), check_text(text), check_metadata(metadata)
-        user = check_user(user) if user is not None else None
-        moment = parse_time(at)
-        current = self.store.get(memory_id, user)  # fail fast, before the embedding work
-        vector = self._embed([text])[0]
-        change = Change(
-            "UPDATE",
-            current.user,
-            memory_id=memory_id,
-            text=text,
-            vector=vector.tobytes(),
-            at=moment,
-            at_ts=timestamp(moment) if moment else None,
-            metadata=metadata,
-        )
-        item = self.store.apply([change], actor="api")[0]
-        assert item is not None
-        return item
-
-    def delete(self, memory_id: int, *, user: str | None = None) -> None:
-        memory_id = check_id(memory_id)
-        user = check_user(user) if user is not None else None
-        current = self.store.get(memory_id, user)
-        self.store.apply([Change("DELETE", current.user, memory_id=memory_id)], actor="api")
-
-    def delete_all(self, *, user: str, purge: bool = False) -> int:
-        """Delete every memory and raw turn of one user (and nobody else's); returns memories deleted.
-
-        Their history, with every text the memories ever had, is kept for audit; `purge=True` erases
-        that too, as `forget` does."""
-        if purge:
-            return self.forget(user)
-        return self.store.delete_all(check_user(user), actor="api")
-
-    def forget(self, user: str) -> int:
-        """Erase one user, leaving no copy of their texts in the bank file; returns memories erased.
-
-        Their memories, history, raw turns, vectors and full-text index entries are deleted in one
-        transaction; SQLite zeroes the space they held, both full-text indexes are merged so that no
-        old segment keeps their words, and a checkpoint truncates the -wal, which held earlier copies.
-        A connection reading an older snapshot at that moment keeps those copies in the -wal until the
-        next checkpoint (a warning says so). Backups and exports made earlier are not touched."""
-        return self.store.forget(check_user(user))
-
-    def reset(self) -> int:
-        """Erase every user's memories, history and raw turns, as `forget` erases one user, in one
-        transaction (mem0's name); returns memories erased. The bank keeps its embedder and schema."""
-        return self.store.reset()
-
-    # ---- reads ----
-
-    def get(self, memory_id: int, *, user: str | None = None) -> MemoryItem:
-        return self.store.get(check_id(memory_id), check_user(user) if user is not None else None)
-
-    def list(
-        self,
-        *,
-        user: str | None = DEFAULT_USER,
-        limit: int | None = None,
-        offset: int = 0,
-        filters: dict[str, Any] | None = None,
-    ) -> builtins.list[MemoryItem]:
-        """Memories oldest first; `user=None` lists every user's."""
-        for name, value in (("limit", limit), ("offset", offset)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62):
-                raise InvalidInput(f"{name} must be a non-negative int, got {value!r}"[:200])
-        return self.store.list(
-            check_user(user) if user is not None else None,
-            limit=limit,
-            offset=offset or 0,
-            filters=_check_filters(filters),
-        )
-
-    get_all = list  # mem0's name
-
-    def history(self, memory_id: int, *, user: str | None = None) -> builtins.list[HistoryEntry]:
-        """Every change to one memory, oldest first, including its deletion."""
-        return self.store.history(check_id(memory_id), check_user(user) if user is not None else None)
-
-    def search(
-        self,
-        query: str,
-        k: int | None = None,
-        *,
-        user: str | None = DEFAULT_USER,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-        filters: dict[str, Any] | None = None,
-        mode: retrieval.Mode = "hybrid",
-        top_k: int | None = None,
-    ) -> builtins.list[Hit]:
-        """Hybrid (vector + BM25) search within one user's memories (`user=None`: all users).
-
-        Returns the `k` best hits (10 by default); `top_k` is mem0's name for `k`."""
-        query = check_text(query, "query")
-        if k is not None and top_k is not None and k != top_k:
-            raise InvalidInput(f"k and top_k are one setting; got k={k!r} and top_k={top_k!r}"[:200])
-        k = k if k is not None else top_k if top_k is not None else 10
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
-            raise InvalidInput(f"k must be an int from 1 to 1000, got {k!r}")
-        if mode not in ("hybrid", "vector", "text"):
-            raise InvalidInput(f"mode must be hybrid, vector or text, not {mode!r}")
-        user = check_user(user) if user is not None else None
-        start, end = parse_time(since, "since"), parse_time(until, "until")
-        index = self._bind()
-        vector = self._embed([query], query=True)[0] if mode != "text" else None
-        return retrieval.search(
-            self.store,
-            index,
-            vector,
-            query,
-            k=k,
-            user=user,
-            since=timestamp(start) if start else None,
-            until=timestamp(end) if end else None,
-            filters=_check_filters(filters),
-            mode=mode,
-        )
-
-    # ---- bulk ----
-
-    def export(self, path: str | os.PathLike[str], *, user: str | None = None) -> int:
-        """Write turns, memories and their history as JSON lines; returns memories written."""
-        user = check_user(user) if user is not None else None
-        target = _file_path(path, "export path")
-        if target.is_dir():
-            raise InvalidInput(f"cannot export to {target}: it is a directory")
-        count, embedder = 0, self.store.meta().get("embedder")
-        try:  # a unique temporary file, renamed into place: never a half-written export under the real name
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        except OSError as e:
-            raise InvalidInput(f"cannot write an export next to {target}: {e}") from None
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps({"type": "memr1-export", "version": EXPORT_VERSION, "embedder": embedder}) + "\n")
-                for row in self.store.export_rows(user):
-                    count += row["type"] == "memory"
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            tmp.replace(target)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise InvalidInput(f"cannot write {target}: {e}") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return count
-
-    def backup(self, path: str | os.PathLike[str]) -> Path:
-        """Copy the bank, consistently, while it is open and other processes write to it; returns the copy's path.
-
-        SQLite's online backup API copies one snapshot: every write committed before the backup began,
-        none of those after. The copy is one self-contained file (no -wal to go with it), created 0600
-        under a temporary name and renamed into place. Copying an open bank's .db by hand loses the
-        writes that are still in its -wal."""
-        target = _file_path(path, "backup path")
-        if target.is_dir():
-            raise InvalidInput(f"cannot back up to {target}: it is a directory")
-        if target.exists() and target.samefile(self.path):
-            raise InvalidInput(f"cannot back up {self.path} onto itself")
-        for sidecar in (Path(f"{target}-wal"), Path(f"{target}-shm")):
-            if sidecar.exists():  # a new file under an open bank's -wal would be corrupted by it
-                raise InvalidInput(
-                    f"cannot back up to {target}: {sidecar.name} exists, so it is an open bank "
-                    "(or one that was not closed cleanly); choose another path"
-                )
-        try:
-            self.store.backup(target)
-        except OSError as e:
-            raise BankError(f"cannot back up {self.path} to {target}: {e}") from None
-        return target
-
-    def import_jsonl(self, path: str | os.PathLike[str]) -> int:
-        """Import an export, or several concatenated; returns the memories added, re-embedded for this bank.
-
-        Every line is validated first, then all is written in one transaction: an error leaves the bank as
-        it was. Each header line starts a new export whose ids are its own (`cat a.jsonl b.jsonl` keeps both
-        banks apart); an id repeated within one export is refused with its line. What the bank already holds
-        is skipped: a memory with the same user, text and creation time (with its history), and a turn with
-        the same user, session, speaker, text and times. So importing a file twice adds it once, and a backup
-        imported into its own bank brings back only what was lost since. The file must be a regular file
-        with lines of at most 1 MiB.
-        """
-        sections = _read_export(_file_path(path, "import path"))
-        memories = [m for section in sections for m in section.memories]
-        held = self.store.held_memories({m["user"] for m in memories}) if memories else set()
-        todo = [m for m in memories if memory_key(m) not in held]  # the transaction decides again, with no model
-        if todo:
-            for m, vector in zip(todo, self._embed([m["text"] for m in todo])):
-                m["vector"] = vector.tobytes()
-        return self.store.import_rows(sections)
-
-    # ---- introspection ----
-
-    def sqlite_info(self) -> dict[str, Any]:
-        """Which SQLite driver, SQLite and sqlite-vec versions this bank runs on."""
-        return self.store.sqlite_info()
-
-    def check(self) -> builtins.list[str]:
-        """Problems with the bank, [] when healthy: SQLite's integrity check, and FTS5, vectors, memories
-        and history agreeing (no memory without its vector, no vector without its memory)."""
-        return self.store.check()
-
-    def stats(self) -> dict[str, Any]:
-        meta = self.store.meta()
-        return {
-            "path": str(self.path),
-            "bytes": self.path.stat().st_size if self.path.exists() else 0,
-            **self.store.counts(),
-            "embedder": meta.get("embedder"),
-            "embedder_dim": int(meta["embedder_dim"]) if "embedder_dim" in meta else None,
-            **self.sqlite_info(),
-        }
-
     # ---- the agents ----
 
     @property
-    def manager(self) -> LLM:
+    def manager(self) -> Backend:
+        """The Memory Manager's backend, made on first use."""
         if self._manager is None:
-            self._manager = as_llm(
-                self._manager_spec,
-                slot="manager",
-                base_url=self._base_url,
-                n_threads=self._threads["manager"],
-                server_options=self._server_options,
-            )
+            self._manager = self.config.backend("manager")
         return self._manager
 
     @property
-    def answerer(self) -> LLM:
+    def answerer(self) -> Backend:
+        """The Answer Agent's backend, made on first use."""
         if self._answerer is None:
-            self._answerer = as_llm(
-                self._answerer_spec,
-                slot="answerer",
-                base_url=self._base_url,
-                n_threads=self._threads["answerer"],
-                server_options=self._server_options,
-            )
+            self._answerer = self.config.backend("answerer")
         return self._answerer
 
-    def _retrieve(self, question: str, k: int, *, user: str, sources: Sources) -> builtins.list[Shown]:
-        """What the Answer Agent is shown: memories, turns (as "Speaker: text"), or both interleaved by rank."""
-        memories: builtins.list[Shown] = []
-        turns: builtins.list[Shown] = []
-        index = self._bind()
-        vector = self._embed([question], query=True)[0]  # once, for both searches
-        if sources != "turns":
-            hits = retrieval.search(
-                self.store, index, vector, question, k=k, user=user, since=None, until=None, filters=None
-            )
-            memories = [Shown(("memory", h.memory.id), h.memory.text, h.memory.at, h.memory) for h in hits]
-        if sources != "memories":
-            assert self._turns is not None  # made with the index
-            ranked = retrieval.search_turns(self.store, self._turns, vector, question, k=k, user=user)
-            found = self.store.get_turns([tid for tid, _ in ranked])
-            turns = [
-                Shown(("turn", tid), prompts.absolute_dates(turn_line(t.speaker, t.text), t.at), t.at, t)
-                for tid, _ in ranked
-                if (t := found.get(tid)) is not None
-            ]
-        mixed = [item for pair in itertools.zip_longest(memories, turns) for item in pair if item is not None]
-        return mixed[:k]
-
-    def _consult(
-        self,
-        llm: LLM,
-        hits: builtins.list[Shown],
-        schema: Callable[[builtins.list[prompts.Shown]], dict[str, Any]],
-        parser: Callable[..., Any],
-        *,
-        build: Callable[[builtins.list[prompts.Shown]], builtins.list[dict[str, str]]],
-        max_tokens: int,
-    ) -> Completion:
-        """One constrained call about `hits`, shown under small ids: as many of the best-ranked as the context holds.
-
-        The schema is built for what is shown, so the grammar cannot name an id that was not."""
-        while True:
-            shown = prompts.shown_memories([(h.key, h.text, h.at) for h in hits])
-            ids = [h.key for h in hits]
-            try:
-                completion = llm.complete(
-                    build(shown),
-                    schema(shown),
-                    max_tokens=max_tokens,
-                    parse=functools.partial(_parse_with, parser, shown, ids),
-                )
-            except PromptTooLong as e:
-                if not hits:
-                    raise
-                keep = max(min(len(hits) - 1, int(len(hits) * e.limit / e.tokens)), 0)
-                log.info(
-                    "prompt of %d tokens exceeds %d: keeping %d of %d memories", e.tokens, e.limit, keep, len(hits)
-                )
-                hits = hits[:keep]
-                continue
-            self._count(completion)
-            return completion
-
-    def _count(self, completion: Completion) -> None:
+    def _count(self, completion: Completion | None = None, *, dropped: int = 0) -> None:
         with self._usage_lock:
-            self.usage["llm_calls"] += completion.attempts
-            self.usage["prompt_tokens"] += completion.prompt_tokens
-            self.usage["completion_tokens"] += completion.completion_tokens
-            self.usage["llm_seconds"] += completion.seconds
+            if completion is not None:
+                self.usage["llm_calls"] += completion.attempts
+                self.usage["prompt_tokens"] += completion.prompt_tokens
+                self.usage["completion_tokens"] += completion.completion_tokens
+                self.usage["llm_seconds"] += completion.seconds
+            self.usage["dropped_ops"] += dropped
 
     def observe(
         self,
-        turn: Turn | str | builtins.list[Turn],
+        turn: Turn | str | dict[str, Any] | Iterable[Turn | str | dict[str, Any]],
         *,
         speaker: str | None = None,
         at: datetime | str | None = None,
         session: str | None = None,
         user: str = DEFAULT_USER,
         metadata: dict[str, Any] | None = None,
+        progress: bool = False,
     ) -> builtins.list[Operation]:
         """Memory Manager: store the raw turn and apply the ADD/UPDATE/DELETE it implies, all in one transaction.
 
-        One constrained LLM call per turn. Related memories are shown under small ids; ops naming
-        any other id are dropped and logged. If the model's output stays unusable after retries,
-        ModelOutputError is raised and nothing is written, not even the turn. If another writer changes
-        or deletes a memory the decision updates or deletes before it is applied, the decision is
-        stale: the turn is decided again on fresh memories, and after OBSERVE_ATTEMPTS tries Conflict
-        is raised, again with nothing written.
+        A turn is a `Turn`, a str (said by `speaker`, at `at`, ...), a dict of Turn's fields, or a chat
+        message `{"role": ..., "content": ..., "name": ...}` as mem0's `add` takes them (the speaker is its
+        name, else its role; system and tool messages are skipped). A list of them is observed in order, each
+        turn its own transaction; `progress=True` shows a bar. Arguments fill what a turn leaves unset.
+
+        One constrained LLM call per turn. Related memories are shown under small ids; the grammar lets
+        the model name no other. If the model's output stays unusable after retries, ModelOutputError is
+        raised and nothing is written, not even the turn. If another writer changes or deletes a memory the
+        decision updates or deletes before it is applied, the decision is stale: the turn is decided again
+        on fresh memories, and after OBSERVE_ATTEMPTS tries Conflict is raised, again with nothing written.
         """
-        if isinstance(turn, list):  # plain strings take this call's speaker, user, ...; Turns keep their own
-            return [
-                op
-                for t in turn
-                for op in self.observe(t, speaker=speaker, at=at, session=session, user=user, metadata=metadata)
-            ]
-        if isinstance(turn, str):
-            turn = _make_turn(text=turn, speaker=speaker, at=at, session=session, user=user, metadata=metadata)
-        elif not isinstance(turn, Turn):
-            raise InvalidInput(f"turn must be a Turn, a str or a list of Turn, got {type(turn).__name__}")
-        text, user = check_text(turn.text, "turn text"), check_user(turn.user)
-        row = {
-            "user": user,
-            "text": text,
-            "speaker": check_label(turn.speaker, "speaker"),
-            "session": check_label(turn.session, "session"),
-            "at": turn.at,
-            "metadata": check_metadata(turn.metadata),
-        }
-        row["vector"] = self._embed([turn_line(turn.speaker, text)])[0].tobytes()  # for ask(sources=...)
-        attempt = 0
-        while True:
-            attempt += 1
+        defaults = {"speaker": speaker, "at": at, "session": session, "user": user, "metadata": metadata}
+        if isinstance(turn, (Turn, str, dict)):
+            return self._observe_one(_as_turn(turn, defaults))
+        if not isinstance(turn, Iterable):
+            raise InvalidInput(f"turn must be a Turn, a str, a dict or a list of them, got {type(turn).__name__}")
+        from tqdm.auto import tqdm
+
+        turns = [t for t in turn if not _skipped(t)]
+        ops: builtins.list[Operation] = []
+        for t in tqdm(turns, desc="observe", unit="turn", disable=not progress):
+            if not isinstance(t, (Turn, str, dict)):
+                raise InvalidInput(f"each turn must be a Turn, a str or a dict, got {type(t).__name__}")
+            ops += self._observe_one(_as_turn(t, defaults))
+        return ops
+
+    def observe_many(
+        self, turns: Iterable[Turn | str | dict[str, Any]], *, user: str = DEFAULT_USER, progress: bool = True
+    ) -> builtins.list[Operation]:
+        """`observe(turns, progress=True)`: the name before `observe` took lists."""
+        return self.observe(turns, user=user, progress=progress)
+
+    ingest = observe_many
+
+    def _observe_one(self, turn: Turn) -> builtins.list[Operation]:
+        check_text(turn.text, "turn text"), check_user(turn.user)
+        agent = MemoryManager(self.manager)
+        for attempt in range(1, OBSERVE_ATTEMPTS + 1):
             # Optimistic concurrency: the model decides on a snapshot, and the write refuses any UPDATE or
             # DELETE whose memory changed since; then the turn is decided again on fresh memories.
-            related = self.search(text, self.related_k, user=user) if self.related_k else []
-            completion = self._consult(
-                self.manager,
-                [Shown(h.memory.id, h.memory.text, h.memory.at, h.memory) for h in related],
-                lambda shown: prompts.manager_schema([m.id for m in shown]),
-                functools.partial(prompts.parse_manager, turn=text, speaker=turn.speaker, at=turn.at),
-                max_tokens=MANAGER_MAX_TOKENS,
-                build=lambda shown: prompts.manager_messages(
-                    text, speaker=turn.speaker, at=turn.at, session=turn.session, memories=shown
-                ),
-            )
-            plan: prompts.ManagerPlan = completion.value
-            seen = {h.memory.id: h.memory for h in related}
-            new_texts = [op.text for op in plan.ops if op.event in ("ADD", "UPDATE")]
-            vectors = iter(self._embed(new_texts)) if new_texts else iter(())
-            moment = timestamp(turn.at or utcnow())
-            changes = [
-                Change(
-                    op.event,
-                    user,
-                    memory_id=op.memory_id,
-                    text=op.text or None,
-                    at=turn.at,
-                    at_ts=moment,
-                    vector=next(vectors).tobytes() if op.event in ("ADD", "UPDATE") else None,
-                    seen=seen.get(op.memory_id) if op.memory_id is not None else None,
-                )
-                for op in plan.ops
-            ]
+            related = self.search(turn.text, self.related_k, user=turn.user) if self.related_k else []
+            decision = agent.decide(turn, [h.memory for h in related])
+            self._count(decision.completion)
             try:
-                items = self.store.apply(changes, actor="manager", turn=row)
+                ops = self.apply(decision.plan, turn, shown=decision.shown)
             except Conflict as e:
                 if attempt == OBSERVE_ATTEMPTS:
                     raise Conflict(f"{e}, {attempt} times in a row; nothing was written. Retry the turn") from None
                 log.info("observe: %s; deciding the turn again (attempt %d)", e, attempt + 1)
                 time.sleep(random.uniform(0, 0.01 * attempt))  # writers that collided should not collide again
                 continue
-            with self._usage_lock:
-                self.usage["dropped_ops"] += len(plan.dropped)
-            applied = [
-                Operation(
-                    kind=op.event,
-                    memory_id=item.id if item else op.memory_id,  # type: ignore[arg-type]
-                    text=item.text if item else None,
-                    previous=seen[op.memory_id].text if op.memory_id in seen else None,
-                )
-                for op, item in zip(plan.ops, items, strict=True)
-            ]
-            held = [
-                Operation(kind="NOOP", memory_id=mid, text=seen[mid].text if mid in seen else None)
-                for mid in plan.noops
-            ]
-            return applied + held
-
-    def observe_many(
-        self, turns: Iterable[Turn | dict[str, Any]], *, user: str = DEFAULT_USER, progress: bool = True
-    ) -> builtins.list[Operation]:
-        """Observe turns in order, with a progress bar; dicts take Turn's fields (user defaults to `user`)."""
-        from tqdm.auto import tqdm
-
-        turns = list(turns)
-        ops: builtins.list[Operation] = []
-        for turn in tqdm(turns, desc="observe", unit="turn", disable=not progress):
-            if isinstance(turn, dict):
-                turn = _make_turn(**{"user": user, **turn})
-            elif isinstance(turn, str):
-                turn = _make_turn(text=turn, user=user)
-            ops += self.observe(turn)
-        return ops
-
-    ingest = observe_many
+            self._count(dropped=len(decision.plan.dropped))  # once: a decision made again drops afresh
+            return ops
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def ask(
         self,
@@ -659,36 +247,43 @@ class Memory:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
             raise InvalidInput(f"k must be an int from 1 to 1000, got {k!r}")
         start = time.perf_counter()
-        hits = self._retrieve(question, k, user=user, sources=sources)
-        if not hits:  # nothing to distil: say so instead of letting the model invent
+        items = self.recall(question, k, user=user, sources=sources)
+        if not items:  # nothing to distil: say so instead of letting the model invent
             return Answer(text=prompts.UNKNOWN_ANSWER, seconds=time.perf_counter() - start)
-        asked_on = parse_time(now, "now")
-        schema, parser = (
-            (lambda shown: prompts.answer_schema(len(shown)), prompts.parse_answer)
-            if distill
-            else (lambda shown: prompts.DIRECT_ANSWER_SCHEMA, prompts.parse_direct_answer)
-        )
-        completion = self._consult(
-            self.answerer,
-            hits,
-            schema,
-            parser,
-            max_tokens=256,
-            build=lambda shown: prompts.answer_messages(question, memories=shown, now=asked_on, distill=distill),
-        )
-        text, selected = completion.value
-        by_key = {h.key: h.item for h in hits}
-        chosen = [by_key[key] for key in selected]
+        reply = AnswerAgent(self.answerer).answer(question, items, now=parse_time(now, "now"), distill=distill)
+        self._count(reply.completion)
+        by_key = {i.key: i.item for i in items}
+        chosen = [by_key[key] for key in reply.selected]
         return Answer(
-            text=text,
+            text=reply.text,
             selected=[i for i in chosen if isinstance(i, MemoryItem)],
             selected_turns=[i for i in chosen if isinstance(i, StoredTurn)],
-            retrieved=len(hits),
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            llm_calls=completion.attempts,
+            retrieved=len(items),
+            prompt_tokens=reply.completion.prompt_tokens,
+            completion_tokens=reply.completion.completion_tokens,
+            llm_calls=reply.completion.attempts,
             seconds=time.perf_counter() - start,
         )
+
+
+def _skipped(turn: object) -> bool:
+    return isinstance(turn, dict) and turn.get("role") in SKIPPED_ROLES
+
+
+def _as_turn(turn: Turn | str | dict[str, Any], defaults: dict[str, Any]) -> Turn:
+    """A Turn from any form `observe` takes; what the turn leaves unset comes from `defaults`."""
+    if isinstance(turn, Turn):
+        return turn
+    if isinstance(turn, str):
+        return _make_turn(**defaults, text=turn)
+    if "role" in turn or "content" in turn:  # a chat message
+        if set(turn) - {"role", "content", "name"}:
+            raise InvalidInput(f"a chat message has role, content and name; got {sorted(turn)}"[:200])
+        if not isinstance(turn.get("role"), str) or turn.get("role") in SKIPPED_ROLES:
+            raise InvalidInput(f"a chat message to observe needs a conversational role, got {turn.get('role')!r}")
+        speaker = turn.get("name") or turn["role"]
+        return _make_turn(**{**defaults, "speaker": speaker, "text": turn.get("content")})
+    return _make_turn(**{**{k: v for k, v in defaults.items() if v is not None}, **turn})
 
 
 def _make_turn(**fields: Any) -> Turn:
@@ -700,202 +295,3 @@ def _make_turn(**fields: Any) -> Turn:
         return Turn(**fields)
     except ValidationError as e:
         raise InvalidInput(f"bad turn: {_first_error(e)}") from None
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _parse_with(parser: Callable[..., Any], shown: list[prompts.Shown], ids: list[Any], raw: Any) -> Any:
-    """`parser` bound to one attempt's items: the fit-to-context loop changes them between attempts."""
-    return parser(raw, shown, ids)
-
-
-def _file_path(path: object, what: str) -> Path:
-    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
-        raise InvalidInput(f"{what} must be a str or os.PathLike, got {type(path).__name__}")
-    if "\x00" in os.fspath(path) or not os.fspath(path).strip():
-        raise InvalidInput(f"{what} must be a non-empty path without NUL, got {os.fspath(path)!r}"[:200])
-    try:
-        os.fsencode(path)
-    except UnicodeEncodeError:  # a lone surrogate: no file system can hold that name
-        raise InvalidInput(f"{what} cannot be encoded for the file system: {os.fspath(path)!r}"[:200]) from None
-    try:
-        Path(path).exists()  # a name too long for the file system fails here, as the caller's mistake
-    except OSError as e:
-        raise InvalidInput(f"{what} is unusable ({e.strerror}): {os.fspath(path)!r}"[:200]) from None
-    return Path(path)
-
-
-def _check_filters(filters: object) -> dict[str, Any] | None:
-    if filters is None:
-        return None
-    if not isinstance(filters, dict):
-        raise InvalidInput(f"filters must be a dict, got {type(filters).__name__}")
-    return check_metadata(filters)
-
-
-MAX_IMPORT_LINE_BYTES = 1 << 20  # an export's longest line, a history row with two escaped 64K-character texts, fits
-
-
-def _read_export(path: Path) -> list[ImportSection]:
-    """Parse and validate a whole import file, export by export, before anything is written."""
-    sections: list[ImportSection] = []
-    section: _Section | None = None
-    with _open_regular(path) as f:
-        for number, line in _bounded_lines(f, path):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError("not a JSON object")
-                try:  # a '\\ud800' escape decodes to a lone surrogate, which SQLite cannot store as UTF-8
-                    json.dumps(row, ensure_ascii=False).encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ValueError("a string holds a lone surrogate code point") from None
-                kind = row.pop("type", None)
-                if kind == "memr1-export":
-                    if row.get("version") != EXPORT_VERSION:
-                        raise ValueError(f"export version {row.get('version')!r} is not {EXPORT_VERSION}")
-                    if section is not None:
-                        sections.append(section.close(path))
-                    section = _Section()
-                    continue
-                section = section or _Section()  # lines before any header: one export without its header
-                if kind == "memory":
-                    item = MemoryItem(**row)
-                    check_text(item.text), check_user(item.user), check_metadata(item.metadata)
-                    section.claim("memory", item.id, number)
-                    section.memories.append(_memory_row(item))
-                elif kind == "history":
-                    entry = HistoryEntry(id=0, **row)
-                    check_user(entry.user)
-                    section.history.append((number, _history_row(entry)))
-                elif kind == "turn":
-                    if row.get("id") is not None:
-                        section.claim("turn", check_id(row["id"]), number)
-                    check_text(row.get("text"), "turn text"), check_user(row.get("user"))
-                    check_metadata(row.get("metadata"))
-                    check_label(row.get("speaker"), "speaker"), check_label(row.get("session"), "session")
-                    row["at"] = _iso(parse_time(row.get("at")))
-                    row["created_at"] = _iso(parse_time(row.get("created_at"), "created_at"))
-                    section.turns.append(
-                        {k: row.get(k) for k in ("id", "user", "session", "speaker", "text", "at", "created_at")}
-                        | {"metadata": row.get("metadata") or {}}
-                    )
-                else:
-                    raise ValueError(f"unknown line type {kind!r}")
-            except (ValueError, TypeError, ValidationError, InvalidInput, RecursionError) as e:
-                detail = str(e).splitlines()[0] if not isinstance(e, ValidationError) else _first_error(e)
-                raise InvalidInput(f"{path}, line {number}: {detail}; nothing was imported") from None
-    if section is not None:
-        sections.append(section.close(path))
-    return sections
-
-
-class _Section:
-    """One export being read: its ids, the lines that gave them, and its rows."""
-
-    def __init__(self) -> None:
-        self.turns: list[dict[str, Any]] = []
-        self.memories: list[dict[str, Any]] = []
-        self.history: list[tuple[int, dict[str, Any]]] = []
-        self.lines: dict[tuple[str, int], int] = {}
-
-    def claim(self, kind: str, ident: int, number: int) -> None:
-        """Two rows with one id would be merged into one memory or turn: a file made by hand, or two exports
-        glued together without the second one's header."""
-        first = self.lines.setdefault((kind, ident), number)
-        if first != number:
-            raise ValueError(
-                f"{kind} id {ident} appears twice in one export (first on line {first}); "
-                "concatenated exports must each keep their header line"
-            )
-
-    def close(self, path: Path) -> ImportSection:
-        """Every history row must be about one of this export's memories, as its user, and each memory's
-        history must replay to its text: otherwise `history`, the search index and `check` disagree."""
-        memories = {m["id"]: m for m in self.memories}
-        last: dict[int, dict[str, Any]] = {}
-        for number, h in self.history:
-            memory = memories.get(h["memory_id"])
-            problem = None
-            if memory is None:
-                problem = f"a history row for memory {h['memory_id']}, but this export has no memory {h['memory_id']}"
-            elif h["user"] != memory["user"]:
-                problem = f"a history row for user {h['user']!r}, but memory {h['memory_id']} is {memory['user']!r}'s"
-            if problem:
-                raise InvalidInput(f"{path}, line {number}: {problem}; nothing was imported")
-            last[h["memory_id"]] = h
-        for m in self.memories:
-            final = last.get(m["id"])
-            if final is not None and (final["kind"] == "DELETE" or final["after"] != m["text"]):
-                number = self.lines[("memory", m["id"])]
-                raise InvalidInput(
-                    f"{path}, line {number}: memory {m['id']}'s history does not replay to its text "
-                    f"(its last change is {final['kind']} to {final['after']!r})"[:300]
-                    + "; nothing was imported"
-                )
-        return ImportSection(self.turns, self.memories, [h for _, h in self.history])
-
-
-@contextlib.contextmanager
-def _open_regular(path: Path) -> Iterator[Any]:
-    """Open without blocking (a FIFO would wait for a writer) and refuse what is not a regular file: a device
-    such as /dev/zero never ends, and a directory is no export."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as e:
-        raise InvalidInput(f"cannot read {path}: {e}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InvalidInput(f"cannot import {path}: it is not a regular file; nothing was imported")
-        f = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with f:
-        yield f
-
-
-def _bounded_lines(f: Any, path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered lines split on "\\n" only (U+2028 may sit inside a JSON string), none read past the cap."""
-    number = 0
-    while True:
-        try:
-            raw = f.readline(MAX_IMPORT_LINE_BYTES + 1)
-        except OSError as e:
-            raise InvalidInput(f"cannot read {path}: {e}; nothing was imported") from None
-        if not raw:
-            return
-        number += 1
-        if len(raw.removesuffix(b"\n")) > MAX_IMPORT_LINE_BYTES:
-            raise InvalidInput(
-                f"{path}, line {number} is longer than 1 MiB, more than any export writes; nothing was imported"
-            )
-        try:
-            yield number, raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InvalidInput(f"cannot read {path}, line {number}: {e}; nothing was imported") from None
-
-
-def _memory_row(item: MemoryItem) -> dict[str, Any]:
-    """Times as the bank writes them (isoformat, "+00:00" rather than JSON's "Z")."""
-    row = item.model_dump(mode="json")
-    row.update(at=_iso(item.at), created_at=item.created_at.isoformat(), updated_at=item.updated_at.isoformat())
-    row["at_ts"] = timestamp(item.at or item.created_at)
-    return row
-
-
-def _history_row(entry: HistoryEntry) -> dict[str, Any]:
-    return entry.model_dump(mode="json") | {"changed_at": entry.changed_at.isoformat()}
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None
-
-
-def _first_error(error: ValidationError) -> str:
-    first = error.errors()[0]
-    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import cache_dir, probe_enabled
 from .errors import ModelNotAvailable
 
 log = logging.getLogger("memr1.models")
@@ -221,7 +222,7 @@ def probe(path: Path, *, embedding: bool) -> bool:
     key = (*file_identity(path), embedding)
     if key in _probed:
         return _probed[key]
-    if os.environ.get("MEMR1_PROBE") == "0" or getattr(sys, "frozen", False) or not sys.executable:
+    if not probe_enabled() or getattr(sys, "frozen", False) or not sys.executable:
         return True  # MEMR1_PROBE=0 trusts every file; a frozen app has no interpreter to run the probe with
     marker = _marker(path, key)
     if marker is not None and (known := _read_marker(marker)) is not None:
@@ -309,8 +310,5 @@ def machine_fingerprint() -> str:
 
 def _marker(path: Path, key: tuple[object, ...]) -> Path | None:
     """Where a probe's verdict is remembered: keyed by the file's identity and the machine's fingerprint."""
-    root = os.environ.get("MEMR1_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "memr1"
-    )
     name = hashlib.sha256(repr((str(path.resolve()), key, machine_fingerprint())).encode()).hexdigest()
-    return Path(root) / "probed" / name
+    return cache_dir() / "probed" / name

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -129,8 +129,11 @@ class _Strict(BaseModel):
 
 
 class ManagerFact(_Strict):
+    """One entry of the manager's output. "event" is the name the model writes (the paper's); memr1's
+    types call it `kind`, as `Operation` does."""
+
     fact: str = Field(max_length=MAX_FACT_CHARS)
-    event: str = Field(pattern="^(ADD|UPDATE|DELETE|NOOP)$")
+    kind: str = Field(alias="event", pattern="^(ADD|UPDATE|DELETE|NOOP)$")
     id: int | None = None
 
 
@@ -164,7 +167,7 @@ class Shown:
 class PlannedOp:
     """A validated manager decision, in database ids."""
 
-    event: Literal["ADD", "UPDATE", "DELETE", "NOOP"]
+    kind: Literal["ADD", "UPDATE", "DELETE", "NOOP"]
     memory_id: int | None
     text: str
 
@@ -174,6 +177,14 @@ class ManagerPlan:
     ops: list[PlannedOp] = field(default_factory=list)
     noops: list[int | None] = field(default_factory=list)  # the memory that already held each fact, if shown
     dropped: list[str] = field(default_factory=list)  # why each rejected op was dropped
+
+    def remap(self, ids: Mapping[int, int]) -> ManagerPlan:
+        """The same plan about other ids: a decision made on one copy of a bank, applied to another."""
+        return ManagerPlan(
+            [PlannedOp(op.kind, ids[op.memory_id] if op.memory_id is not None else None, op.text) for op in self.ops],
+            [ids[m] if m is not None else None for m in self.noops],
+            list(self.dropped),
+        )
 
 
 # ---- builders ----
@@ -286,15 +297,15 @@ def parse_manager(
     for entry in out.facts:
         text = written_fact(entry.fact, speaker=speaker, at=at)
         target = by_small.get(entry.id) if entry.id is not None else None
-        if entry.event != "ADD" and target is None:
-            plan.dropped.append(f"{entry.event} names id {entry.id}, which was not shown")
+        if entry.kind != "ADD" and target is None:
+            plan.dropped.append(f"{entry.kind} names id {entry.id}, which was not shown")
             continue
-        if entry.event == "NOOP":
+        if entry.kind == "NOOP":
             assert target is not None  # checked just above; for the type checker
             plan.noops.append(target[0])
             continue
         if not text:
-            plan.dropped.append(f"{entry.event} with an empty fact")
+            plan.dropped.append(f"{entry.kind} with an empty fact")
             continue
         if turn and not _stems(text) & turn_words:
             plan.dropped.append(f"fact {text[:80]!r} shares no word with the turn")
@@ -311,7 +322,7 @@ def parse_manager(
         said.add(_key(text))
         if when and not _DATED.search(text):  # "Last week I ran a 5k" became "Andrew ran a 5k"
             text = f"{text.rstrip('.!')} ({when})"
-        if entry.event == "ADD" or target is None or target[0] in touched:
+        if entry.kind == "ADD" or target is None or target[0] in touched:
             plan.ops.append(PlannedOp("ADD", None, text))
             continue
         db, memory = target
@@ -319,7 +330,7 @@ def parse_manager(
             plan.ops.append(PlannedOp("ADD", None, text))
             continue
         touched.add(db)
-        if entry.event == "UPDATE":
+        if entry.kind == "UPDATE":
             plan.ops.append(PlannedOp("UPDATE", db, consolidated(memory.text, text)))
         else:
             plan.ops += [PlannedOp("DELETE", db, ""), PlannedOp("ADD", None, text)]

@@ -37,9 +37,7 @@ import numpy as np
 from .schema import Hit
 from .store import Store
 
-RRF_K = 60  # the constant from Cormack et al.; robust across collections
 Mode = Literal["hybrid", "vector", "text"]
-Fusion = Literal["score", "rrf"]
 _WORD = re.compile(r"\w+", re.UNICODE)
 _ASKS_WHEN = re.compile(
     r"^\W*(when|how long|since when|by when|until when|(in |during |around )?(what|which) (year|month|week|day|date|time|season))\b",
@@ -65,7 +63,6 @@ STOPWORDS = frozenset(
 class Tuning:
     """How hybrid search fuses its lists; the defaults won on LoCoMo train+val (see the module docstring)."""
 
-    fusion: Fusion = "score"  # "rrf": reciprocal rank, memr1's first fusion, kept as the baseline
     depth: int = 200  # each list holds max(k, depth) memories before fusion
     text_weight: float = 1.5  # the BM25 list's weight against the vector list's 1.0
     context: tuple[float, ...] = (0.4, 0.2)  # share of a memory's score given to memories 1, 2, ... away
@@ -74,8 +71,6 @@ class Tuning:
 
 
 DEFAULT_TUNING = Tuning()
-# hybrid search as memr1 first shipped it: the baseline of benchmarks/locomo_retrieval.py
-PLAIN_RRF = Tuning(fusion="rrf", depth=50, text_weight=1.0, context=(), time_boost=0.0)
 
 
 @dataclass
@@ -343,15 +338,6 @@ def states_time(text: str) -> bool:
     return bool(_STATES_TIME.search(text) or _MONTH.search(text))  # months by case: "may" is mostly a verb
 
 
-def fuse(*ranked: Sequence[int], k: int = RRF_K) -> dict[int, float]:
-    """Reciprocal-rank fusion."""
-    scores: dict[int, float] = {}
-    for ranking in ranked:
-        for rank, mid in enumerate(ranking):
-            scores[mid] = scores.get(mid, 0.0) + 1.0 / (k + rank + 1)
-    return scores
-
-
 def fuse_scores(*lists: tuple[Sequence[tuple[int, float]], float, float | None]) -> dict[int, float]:
     """Score fusion of (list of (id, score) best first, weight, floor) triples.
 
@@ -412,26 +398,23 @@ def search(
             (mid, -bm25)
             for mid, bm25 in store.fts(match, limit=depth, user=user, since=since, until=until, filters=filters)
         ]
-    if tuning.fusion == "rrf":
-        fused = fuse([m for m, _ in vector], [m for m, _ in text])
-    else:
-        # BM25 lists shorter than their depth hold every matching memory: the rest score 0
-        fused = fuse_scores((vector, 1.0, None), (text, tuning.text_weight, 0.0 if len(text) < depth else None))
-        if mode == "hybrid" and tuning.time_boost and fused and asks_when(query):
-            for mid, said in store.memory_texts(list(fused)):
-                fused[mid] += tuning.time_boost if states_time(said) else 0.0
-        if mode == "hybrid" and tuning.context and fused:
-            index.sync(store)
-            links = index.neighbours(
-                list(fused),
-                len(tuning.context),
-                gap=tuning.context_gap,
-                user=user,
-                since=since,
-                until=until,
-                allowed=allowed,
-            )
-            fused = spread(fused, links, tuning.context)
+    # BM25 lists shorter than their depth hold every matching memory: the rest score 0
+    fused = fuse_scores((vector, 1.0, None), (text, tuning.text_weight, 0.0 if len(text) < depth else None))
+    if mode == "hybrid" and tuning.time_boost and fused and asks_when(query):
+        for mid, said in store.memory_texts(list(fused)):
+            fused[mid] += tuning.time_boost if states_time(said) else 0.0
+    if mode == "hybrid" and tuning.context and fused:
+        index.sync(store)
+        links = index.neighbours(
+            list(fused),
+            len(tuning.context),
+            gap=tuning.context_gap,
+            user=user,
+            since=since,
+            until=until,
+            allowed=allowed,
+        )
+        fused = spread(fused, links, tuning.context)
     top = sorted(fused, key=lambda m: -fused[m])[:k]
     items = store.get_many(top)
     vscore, tscore = dict(vector), dict(text)

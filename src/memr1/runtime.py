@@ -20,17 +20,16 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .config import ROLES, check_threads, default_threads, env_threads
+from .config import per_role_threads as per_role_threads  # re-exported: memory.py and bank.py import it here
 from .errors import InvalidInput, ModelNotAvailable
 from .models import file_identity, gguf_header, probe
 
 log = logging.getLogger("memr1.runtime")
-
-ROLES = ("embedder", "manager", "answerer")
-MAX_AGENT_THREADS = 8  # generation is memory-bound: more threads than this only contend
 
 # OpenMP reads its settings once, when llama.cpp's library is loaded. memr1 imports llama_cpp lazily, so
 # setting this at import is early enough, unless the application imported llama_cpp first.
@@ -39,55 +38,12 @@ _LLAMA_LOADED_EARLY = "llama_cpp" in sys.modules
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def available_cores() -> int:
-    """Cores this process may run on: a container's CPU set, not the host's count."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def default_threads(role: str) -> int:
-    """Measured on 2 cores (RESULTS.md, "threads and processes"): an embedding of a short text is fastest and
-    steadiest on one thread (5 ms; two threads took 10 ms with passive waiting), while generation gains from
-    every core up to memory bandwidth (Qwen2.5-1.5B: 8.1 s on one thread, 5.3 s on two)."""
-    if role == "embedder":
-        return 1
-    return max(1, min(available_cores(), MAX_AGENT_THREADS))
-
-
-def check_threads(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
-        raise InvalidInput(f"{what} must be an int from 1 to 1024, got {value!r}")
-    return value
-
-
 def thread_count(role: str, explicit: int | None = None) -> int:
-    """The argument, then $MEMR1_<ROLE>_THREADS, then $MEMR1_THREADS, then the role's default."""
+    """The argument, then $MEMR1_<ROLE>_THREADS, then $MEMR1_THREADS, then the role's default. Read when a
+    model loads, so an instance built without a count follows the environment of that moment."""
     if explicit is not None:
         return check_threads(explicit, f"{role or 'model'} threads")
-    names = ([f"MEMR1_{role.upper()}_THREADS"] if role in ROLES else []) + ["MEMR1_THREADS"]
-    for name in names:
-        if (raw := os.environ.get(name, "").strip()) != "":
-            try:
-                return check_threads(int(raw), f"${name}")
-            except ValueError:
-                raise InvalidInput(f"${name} must be an int from 1 to 1024, got {raw!r}") from None
-    return default_threads(role)
-
-
-def per_role_threads(threads: int | Mapping[str, int] | None) -> dict[str, int | None]:
-    """`Memory(threads=…)`: one count for every model, or a mapping from role to count."""
-    if threads is None or isinstance(threads, int):
-        if threads is not None:
-            check_threads(threads, "threads")
-        return dict.fromkeys(ROLES, threads)
-    if not isinstance(threads, Mapping):
-        raise InvalidInput(f"threads must be an int or a mapping of {', '.join(ROLES)} to ints, got {threads!r}")
-    unknown = set(threads) - set(ROLES)
-    if unknown:
-        raise InvalidInput(f"threads names unknown roles {sorted(unknown)}; the roles are {', '.join(ROLES)}")
-    return {role: check_threads(threads[role], f"{role} threads") if role in threads else None for role in ROLES}
+    return env_threads(role) or default_threads(role)
 
 
 def parse_threads(text: str | None) -> int | dict[str, int] | None:

@@ -20,6 +20,7 @@ import sqlite3
 import stat
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,10 +30,11 @@ from typing import Any, NamedTuple
 
 import sqlite_vec
 
+from .config import DEFAULT_BUSY_TIMEOUT, check_busy_timeout
 from .errors import BankBusy, BankError, Conflict, ExtensionUnavailable, IncompatibleBank, InvalidInput, MemoryNotFound
 from .schema import HistoryEntry, MemoryItem, StoredTurn, check_key, utcnow
 
-DEFAULT_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_BUSY_TIMEOUT_MS = int(DEFAULT_BUSY_TIMEOUT * 1000)  # deprecated: memr1 counts seconds everywhere
 log = logging.getLogger("memr1")
 
 
@@ -67,9 +69,9 @@ def _is_busy(error: Exception) -> bool:
     return "locked" in text or "busy" in text
 
 
-def _busy_error(path: Path, error: Exception, timeout_ms: int) -> BankBusy:
+def _busy_error(path: Path, error: Exception, timeout: float) -> BankBusy:
     return BankBusy(
-        f"{path} stayed locked by another writer for {timeout_ms / 1000:g}s ({error}); nothing was written. "
+        f"{path} stayed locked by another writer for {timeout:g}s ({error}); nothing was written. "
         "Retry later, or open the bank with a longer Memory(..., busy_timeout=seconds) when many processes write at once"
     )
 
@@ -236,7 +238,24 @@ def row_to_history(row: Sequence[Any]) -> HistoryEntry:
 class Store:
     """One connection to one bank file, serialised by a lock (see Memory for the thread model)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float | None = None,
+        busy_timeout_ms: int | None = None,
+    ):
+        """`busy_timeout`: seconds a write waits for another writer's lock (default 30). `busy_timeout_ms`, the
+        same in milliseconds, is deprecated: it is the one setting memr1 ever took in other units."""
+        if busy_timeout_ms is not None:
+            warnings.warn(
+                "Store(busy_timeout_ms=) is deprecated: pass busy_timeout= in seconds", DeprecationWarning, stacklevel=2
+            )
+            if busy_timeout is not None:
+                raise InvalidInput("pass busy_timeout (seconds) or busy_timeout_ms (deprecated), not both")
+            number = isinstance(busy_timeout_ms, (int, float)) and not isinstance(busy_timeout_ms, bool)
+            busy_timeout = busy_timeout_ms / 1000 if number else busy_timeout_ms
+        self.busy_timeout = check_busy_timeout(DEFAULT_BUSY_TIMEOUT if busy_timeout is None else busy_timeout)
         if (
             not isinstance(path, (str, os.PathLike))
             or not isinstance(os.fspath(path), str)
@@ -245,16 +264,15 @@ class Store:
             raise InvalidInput(f"a bank path must be a str or os.PathLike without NUL, got {path!r}"[:200])
         self.path = Path(path)
         self._abspath = Path(os.path.abspath(path))  # the identity check must not follow a later chdir
-        self.busy_timeout_ms = busy_timeout_ms
         self.lock = threading.RLock()
         self._driver = _driver_module()
         if self.path.is_dir():
             raise BankError(f"{self.path} is a directory, not a bank file")
-        _refuse_foreign(self.path, self._driver, busy_timeout_ms)  # before SQLite creates or writes a byte
+        _refuse_foreign(self.path, self._driver, self.busy_timeout)  # before SQLite creates or writes a byte
         _create_private(self.path)
         try:
             self.conn = self._driver.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
             )
         except (self._driver.Error, ValueError, UnicodeEncodeError) as e:
             raise BankError(f"cannot open {self.path}: {e}") from None
@@ -262,7 +280,7 @@ class Store:
             self.conn.enable_load_extension(True)
             sqlite_vec.load(self.conn)
             self.conn.enable_load_extension(False)
-            self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self.conn.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout * 1000)}")  # SQLite counts ms
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process crashes
             self.conn.execute("PRAGMA foreign_keys = ON")
@@ -272,7 +290,7 @@ class Store:
         except self._driver.DatabaseError as e:
             self.conn.close()
             if _is_busy(e):
-                raise _busy_error(self.path, e, busy_timeout_ms) from None
+                raise _busy_error(self.path, e, self.busy_timeout) from None
             raise BankError(f"{self.path} is not a memr1 bank (or not an SQLite file): {e}") from None
         except Exception:
             self.conn.close()
@@ -287,7 +305,7 @@ class Store:
             yield
         except self._driver.Error as e:
             if _is_busy(e):
-                raise _busy_error(self.path, e, self.busy_timeout_ms) from None
+                raise _busy_error(self.path, e, self.busy_timeout) from None
             raise BankError(f"{self.path}: {type(e).__name__}: {e}") from e
 
     def _end(self, statement: str) -> None:
@@ -1071,7 +1089,7 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _MIGRATIONS_COLUMNS = ["version", "name", "applied_at"]
 
 
-def _refuse_foreign(path: Path, driver: Any, busy_timeout_ms: int) -> None:
+def _refuse_foreign(path: Path, driver: Any, busy_timeout: float) -> None:
     """Refuse any file that is not a memr1 bank, before opening it runs PRAGMA journal_mode=WAL and the
     migrations, which would convert another application's database for good.
 
@@ -1105,7 +1123,7 @@ def _refuse_foreign(path: Path, driver: Any, busy_timeout_ms: int) -> None:
     uri = Path(os.path.abspath(path)).as_uri()
     for mode in modes:
         try:
-            conn = driver.connect(f"{uri}?{mode}", uri=True, isolation_level=None, timeout=busy_timeout_ms / 1000)
+            conn = driver.connect(f"{uri}?{mode}", uri=True, isolation_level=None, timeout=busy_timeout)
         except driver.Error as e:
             raise BankError(f"cannot open {path}: {e}") from None
         try:
@@ -1121,7 +1139,7 @@ def _refuse_foreign(path: Path, driver: Any, busy_timeout_ms: int) -> None:
             if mode != modes[-1]:
                 continue
             if _is_busy(e):
-                raise _busy_error(path, e, busy_timeout_ms) from None
+                raise _busy_error(path, e, busy_timeout) from None
             raise BankError(
                 f"{path} is not a memr1 bank (or not a readable SQLite file): {e}; it was left untouched"
             ) from None

@@ -1,4 +1,4 @@
-"""memr1's public test double: a scripted LLM for deterministic tests of agent behaviour.
+"""memr1's public test double: a scripted backend for deterministic tests of agent behaviour.
 
 Never a default backend; nothing in memr1 uses it unless a caller passes it in."""
 
@@ -8,17 +8,18 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .llm import Completion, retry_until_parsed
+from .llm import ChatBackend, Generation
 
 
-class ScriptedLLM:
+class ScriptedLLM(ChatBackend):
     """The public test double for memr1's LLM roles: scripted outputs through the real parsing path.
 
-    It stands where a model would (`Memory(..., manager=..., answerer=...)` take any object with a
-    `complete` method) and replays scripted replies at that boundary, through the same parse-and-retry
-    path as the real backends: each reply reaches the real parser (`memr1.prompts.parse_manager`,
-    `parse_answer`, ...), so a malformed reply is retried, then raises `ModelOutputError`, as a
-    model's would. So tests of your own code can drive `observe` and `ask` without a chat model.
+    It stands where a model would (`Memory(..., manager=..., answerer=...)` take any backend) and
+    replays scripted replies from `generate`, the one method a backend implements. Everything above
+    it is memr1's own: each reply reaches the real parser (`memr1.prompts.parse_manager`,
+    `parse_answer`, ...) through the agents' retry loop, so a malformed reply is asked again, then
+    raises `ModelOutputError`, as a model's would. So tests of your own code can drive `observe`
+    and `ask` without a chat model.
 
     `script` is a list of replies (a dict is sent as JSON, a str verbatim), consumed in order, or
     a function of the messages returning one. Each reply counts its characters as tokens. `calls`
@@ -33,28 +34,26 @@ class ScriptedLLM:
     """
 
     def __init__(self, script: Sequence[Any] | Callable[[Sequence[dict[str, str]]], Any], *, retries: int = 2) -> None:
+        super().__init__(retries=retries)
         self.script = script if callable(script) else list(script)
-        self.retries = retries
         self.calls: list[Sequence[dict[str, str]]] = []
 
-    def _next(self, messages: Sequence[dict[str, str]]) -> str:
-        self.calls.append(messages)
-        reply = self.script(messages) if callable(self.script) else self.script.pop(0)
-        return reply if isinstance(reply, str) else json.dumps(reply)
-
-    def complete(
+    def generate(
         self,
         messages: Sequence[dict[str, str]],
         schema: dict[str, Any],
         *,
-        parse: Callable[[Any], Any],
-        max_tokens: int = 512,
-    ) -> Completion:
-        def attempt(i: int) -> tuple[str, int, int]:
-            text = self._next(messages)
-            return text, sum(len(m["content"]) for m in messages), len(text)
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> Generation:
+        self.calls.append(messages)
+        reply = self.script(messages) if callable(self.script) else self.script.pop(0)
+        text = reply if isinstance(reply, str) else json.dumps(reply)
+        return Generation(text, sum(len(m["content"]) for m in messages), len(text))
 
-        return retry_until_parsed("scripted", self.retries, attempt, parse)
+    def __repr__(self) -> str:
+        return "scripted"
 
 
 def prompt_data(messages: Sequence[dict[str, str]], label: str) -> Any:

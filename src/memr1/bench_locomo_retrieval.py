@@ -48,7 +48,7 @@ from . import datasets
 from .embedding import DEFAULT_EMBEDDER as MEMR1_EMBEDDER
 from .embedding import Embedder, LlamaEmbedder, embed_texts
 from .memory import Memory
-from .retrieval import DEFAULT_TUNING, Tuning, VectorIndex, fts_query
+from .retrieval import DEFAULT_TUNING, Tuning, VectorIndex, fts_query, top_hits
 from .retrieval import search as retrieval_search
 from .schema import Hit
 from .scoring import CATEGORIES
@@ -159,14 +159,7 @@ def rrf_search(
             (mid, -bm25) for mid, bm25 in store.fts(match, limit=depth, user=user, since=None, until=None, filters=None)
         ]
     fused = fuse([m for m, _ in vector], [m for m, _ in text])
-    top = sorted(fused, key=lambda m: -fused[m])[:k]
-    items = store.get_many(top)
-    vscore, tscore = dict(vector), dict(text)
-    return [
-        Hit(memory=items[m], score=fused[m], vector_score=vscore.get(m), text_score=tscore.get(m))
-        for m in top
-        if m in items  # deleted between the two reads
-    ]
+    return top_hits(store, fused, vector, text, k)
 
 
 def recall(evidence: Sequence[str], hits: Sequence[Iterable[str]], k: int) -> float:

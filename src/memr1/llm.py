@@ -25,7 +25,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import httpcore
 from pydantic import BaseModel, Field, NonNegativeInt, ValidationError
@@ -111,8 +111,8 @@ LLM = Backend  # the name before the backend protocol was one method
 class ChatBackend:
     """Sampling defaults shared by memr1's backends, and `complete`: one parsed, retried call.
 
-    Subclass it to write a backend: implement `generate`, and `context_length`/`count_tokens`
-    where the model knows them."""
+    Subclass it to write a backend: implement `generate` (see `Backend`), and `context_length`/
+    `count_tokens` where the model knows them."""
 
     def __init__(self, *, temperature: float = 0.0, seed: int = 0, retries: int = 2, max_tokens: int | None = None):
         if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):  # llama.cpp: 0 = no limit
@@ -120,17 +120,6 @@ class ChatBackend:
         if type(retries) is not int or not 0 <= retries <= 100:
             raise InvalidInput(f"retries must be an int from 0 to 100, got {retries!r}")
         self.temperature, self.seed, self.retries, self.max_tokens = temperature, seed, retries, max_tokens
-
-    def generate(
-        self,
-        messages: Sequence[dict[str, str]],
-        schema: dict[str, Any],
-        *,
-        max_tokens: int,
-        temperature: float,
-        seed: int,
-    ) -> Generation:
-        raise NotImplementedError
 
     def context_length(self) -> int | None:
         return None
@@ -149,7 +138,8 @@ class ChatBackend:
         """`generate` until `parse` accepts the text, as the agents call it."""
         from .agents import complete  # the agents import backends: this way round at call time only
 
-        return complete(self, messages, schema, parse=parse, max_tokens=max_tokens)
+        backend = cast(Backend, self)  # a subclass's generate makes it one
+        return complete(backend, messages, schema, parse=parse, max_tokens=max_tokens)
 
 
 class _Refused(Exception):

@@ -415,6 +415,17 @@ def search(
             allowed=allowed,
         )
         fused = spread(fused, links, tuning.context)
+    return top_hits(store, fused, vector, text, k)
+
+
+def top_hits(
+    store: Store,
+    fused: dict[int, float],
+    vector: Sequence[tuple[int, float]],
+    text: Sequence[tuple[int, float]],
+    k: int,
+) -> list[Hit]:
+    """The k best of `fused` as hits, with each pass's own score beside the fused one."""
     top = sorted(fused, key=lambda m: -fused[m])[:k]
     items = store.get_many(top)
     vscore, tscore = dict(vector), dict(text)

@@ -48,11 +48,11 @@ class TimedEmbedder:
 class FreshPrompt(LlamaCpp):
     """The baseline: llama.cpp forgets its cached prefix, so every call evaluates the whole prompt."""
 
-    def generate(self, messages, schema, **sampling):
+    def generate(self, request):
         llm, lock = self._llama()
         with lock:
             llm.reset()
-        return super().generate(messages, schema, **sampling)
+        return super().generate(request)
 
 
 def p(values: list[float], q: float) -> float:

@@ -105,9 +105,9 @@ def run(
     class Recording(LlamaCpp):
         """The real backend, keeping every raw generation it was asked to parse (refused ones too)."""
 
-        def generate(self, messages, schema, **sampling):
-            self.sent.append(messages)
-            out = super().generate(messages, schema, **sampling)
+        def generate(self, request):
+            self.sent.append(request.messages)
+            out = super().generate(request)
             self.raw.append(out.text)
             return out
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from memr1 import Backend, LlamaCpp, Memory, ModelOutputError, prompts
+from memr1 import Backend, Generation, LlamaCpp, Memory, ModelOutputError, Request, prompts
 from memr1.agents import RETRY_TEMPERATURE, complete
 
 
@@ -19,11 +19,11 @@ class FromScratch:
         self.inner, self.context, self.garbage = inner, context, garbage
         self.calls: list[dict] = []
 
-    def generate(self, messages, schema, *, max_tokens, temperature, seed):
-        self.calls.append({"temperature": temperature, "seed": seed, "max_tokens": max_tokens})
+    def generate(self, request: Request) -> Generation:
+        self.calls.append({"temperature": request.temperature, "seed": request.seed, "max_tokens": request.max_tokens})
         if len(self.calls) <= self.garbage:
-            return type(self.inner.generate(messages, schema, max_tokens=1, temperature=0.0, seed=0))("{not json", 1, 1)
-        return self.inner.generate(messages, schema, max_tokens=max_tokens, temperature=temperature, seed=seed)
+            return Generation("{not json", 1, 1)
+        return self.inner.generate(request)
 
     def context_length(self):
         return self.context

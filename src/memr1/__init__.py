@@ -18,7 +18,7 @@ from .errors import (
     ModelOutputError,
     PromptTooLong,
 )
-from .llm import Backend, ChatBackend, Generation, LlamaCpp, OpenAICompatible
+from .llm import Backend, ChatBackend, Generation, LlamaCpp, OpenAICompatible, Request
 from .memory import Memory
 from .schema import Answer, HistoryEntry, Hit, MemoryItem, Operation, Turn
 
@@ -53,6 +53,7 @@ __all__ = [
     "ModelOutputError",
     "Operation",
     "PromptTooLong",
+    "Request",
     "Turn",
     "embedder_from_ref",
     "prompts",

@@ -18,7 +18,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 from . import prompts
 from .errors import InvalidInput, ModelOutputError, PromptTooLong
-from .llm import Backend, Completion
+from .llm import Backend, Completion, Request
 from .schema import MemoryItem, StoredTurn, Turn
 
 log = logging.getLogger("memr1.agents")
@@ -69,13 +69,8 @@ def complete(
     deadline = getattr(backend, "deadline", contextlib.nullcontext)
     with deadline():  # a server's timeout bounds the call, retries included
         for i in range(retries + 1):
-            out = backend.generate(
-                messages,
-                schema,
-                max_tokens=max_tokens,
-                temperature=temperature if i == 0 else max(temperature, RETRY_TEMPERATURE),
-                seed=seed + i,
-            )
+            sampled = temperature if i == 0 else max(temperature, RETRY_TEMPERATURE)
+            out = backend.generate(Request(messages, schema, max_tokens, sampled, seed + i))
             prompt_tokens, completion_tokens = (
                 prompt_tokens + out.prompt_tokens,
                 completion_tokens + out.completion_tokens,

@@ -60,6 +60,18 @@ MAX_RESPONSE_BYTES = 8 * 2**20
 SERVER_OPTIONS = ("timeout", "max_response_bytes", "api_key", "api_key_env")
 
 
+@dataclass(frozen=True)
+class Request:
+    """One generation asked of a backend: what the model reads, the JSON schema its output must fit, and how
+    to sample. The agents make it; a backend only carries it out."""
+
+    messages: Sequence[dict[str, str]]
+    schema: dict[str, Any]
+    max_tokens: int
+    temperature: float = 0.0
+    seed: int = 0
+
+
 @dataclass
 class Generation:
     """What one backend call produced: the raw text, before any parsing, and what it cost."""
@@ -83,22 +95,14 @@ class Completion:
 
 @runtime_checkable
 class Backend(Protocol):
-    """A chat model that can be constrained to a JSON schema: the one method a backend implements.
+    """A chat model that can be constrained to a JSON schema: `generate` is the one method a backend implements.
 
     `context_length()` and `count_tokens(messages)` return None when the backend cannot know (a
     server): then `generate` raises `PromptTooLong` itself when a prompt overflows. A backend may
     also carry the sampling defaults the agents read: `temperature`, `seed`, `retries` (how many
     times unusable output is asked again) and `max_tokens` (a cap on what each agent asks for)."""
 
-    def generate(
-        self,
-        messages: Sequence[dict[str, str]],
-        schema: dict[str, Any],
-        *,
-        max_tokens: int,
-        temperature: float,
-        seed: int,
-    ) -> Generation: ...
+    def generate(self, request: Request) -> Generation: ...
 
     def context_length(self) -> int | None: ...
 
@@ -347,20 +351,12 @@ class LlamaCpp(ChatBackend):
             self._markup[roles] = [llm.tokenize(p.encode(), add_bos=False, special=True) for p in [*pieces, rendered]]
         return self._markup[roles]
 
-    def generate(
-        self,
-        messages: Sequence[dict[str, str]],
-        schema: dict[str, Any],
-        *,
-        max_tokens: int,
-        temperature: float,
-        seed: int,
-    ) -> Generation:
-        if type(max_tokens) is not int or max_tokens < 1:  # llama.cpp reads 0 as unbounded
-            raise InvalidInput(f"max_tokens must be a positive int, got {max_tokens!r}")
+    def generate(self, request: Request) -> Generation:
+        if type(request.max_tokens) is not int or request.max_tokens < 1:  # llama.cpp reads 0 as unbounded
+            raise InvalidInput(f"max_tokens must be a positive int, got {request.max_tokens!r}")
         llm, lock = self._llama()
-        grammar = self._grammar(schema)
-        prompt = self._prompt(messages)
+        grammar = self._grammar(request.schema)
+        prompt = self._prompt(request.messages)
         room = llm.n_ctx() - len(prompt)
         if room < 1:
             raise PromptTooLong(
@@ -370,7 +366,11 @@ class LlamaCpp(ChatBackend):
             )
         with lock:
             out = llm.create_completion(
-                prompt=prompt, grammar=grammar, max_tokens=min(max_tokens, room), temperature=temperature, seed=seed
+                prompt=prompt,
+                grammar=grammar,
+                max_tokens=min(request.max_tokens, room),
+                temperature=request.temperature,
+                seed=request.seed,
             )
         usage = out["usage"]
         return Generation(out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"])
@@ -604,25 +604,17 @@ class OpenAICompatible(ChatBackend):
         """Every `generate` within it, the agents' retries included, ends within `timeout` of its start."""
         return self._deadlines.until(time.monotonic() + self.timeout)
 
-    def generate(
-        self,
-        messages: Sequence[dict[str, str]],
-        schema: dict[str, Any],
-        *,
-        max_tokens: int,
-        temperature: float,
-        seed: int,
-    ) -> Generation:
+    def generate(self, request: Request) -> Generation:
         body = {
             "model": self.model,
-            "messages": list(messages),
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "seed": seed,
+            "messages": list(request.messages),
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "seed": request.seed,
         }
         with self.deadline():
             for kind in [self._format] if self._format else ["json_schema", "json_object"]:
-                status, data = self._post({**body, "response_format": self._format_for(schema, kind)})
+                status, data = self._post({**body, "response_format": self._format_for(request.schema, kind)})
                 if status >= 300:
                     if overflow := _overflow(status, data):
                         raise overflow

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .llm import ChatBackend, Generation
+from .llm import ChatBackend, Generation, Request
 
 
 class ScriptedLLM(ChatBackend):
@@ -38,19 +38,11 @@ class ScriptedLLM(ChatBackend):
         self.script = script if callable(script) else list(script)
         self.calls: list[Sequence[dict[str, str]]] = []
 
-    def generate(
-        self,
-        messages: Sequence[dict[str, str]],
-        schema: dict[str, Any],
-        *,
-        max_tokens: int,
-        temperature: float,
-        seed: int,
-    ) -> Generation:
-        self.calls.append(messages)
-        reply = self.script(messages) if callable(self.script) else self.script.pop(0)
+    def generate(self, request: Request) -> Generation:
+        self.calls.append(request.messages)
+        reply = self.script(request.messages) if callable(self.script) else self.script.pop(0)
         text = reply if isinstance(reply, str) else json.dumps(reply)
-        return Generation(text, sum(len(m["content"]) for m in messages), len(text))
+        return Generation(text, sum(len(m["content"]) for m in request.messages), len(text))
 
     def __repr__(self) -> str:
         return "scripted"

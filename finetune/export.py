@@ -5,11 +5,14 @@
     python -m finetune.export --model merged-hf-dir --out ... --push-to-hub you/memr1-answer-3b
 
 Steps, none of which clones or downloads anything:
-1. merge the LoRA adapter into its base model (peft) and save a Hugging Face folder: out/hf/;
+1. merge the LoRA adapter into its base model (peft) and save a Hugging Face folder: out/hf/.
+   The base is the one the adapter records, or --base: a hub id, a Hugging Face folder or a GGUF file;
 2. convert it to GGUF f16 with llama.cpp's own converter, convert_hf_to_gguf.py: out/<name>-f16.gguf.
    The converter and its gguf-py are vendored, unchanged, under finetune/vendor/llama.cpp (MIT), from
    the llama-cpp-python sdist that memr1 pins; they cover the Llama, Mistral and Qwen 2/2.5/3 families.
-   For other architectures pass --llama-cpp with a llama.cpp checkout or an unpacked sdist's vendor/llama.cpp;
+   For other architectures pass --llama-cpp with a llama.cpp checkout or an unpacked sdist's vendor/llama.cpp.
+   When the base is a GGUF file, the f16 file then takes the base file's llama.cpp vocabulary (its
+   tokenizer.ggml.* keys): the tokenizer that transformers rebuilds from a GGUF does not convert back;
 3. quantise it with llama.cpp's quantiser, through llama-cpp-python: out/<name>-<quant>.gguf;
 4. load the quantised file through memr1 as both agents, and run one observe and one ask.
 With --push-to-hub REPO, the quantised file is then uploaded with huggingface-hub.
@@ -35,15 +38,24 @@ VENDORED = Path(__file__).with_name("vendor") / "llama.cpp"
 CONVERTER = "convert_hf_to_gguf.py"
 
 
+def adapter_base(adapter: Path) -> str:
+    """The base model the adapter records: a hub id, a Hugging Face folder, or a GGUF file (finetune.train)."""
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(adapter).base_model_name_or_path
+
+
 def merge(adapter: Path, out: Path, *, base: str | None = None) -> Path:
     """Merge a LoRA adapter into its base model; save the model and the adapter's tokenizer to `out`."""
     import torch
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from peft import PeftModel
+    from transformers import AutoTokenizer
 
-    base = base or PeftConfig.from_pretrained(adapter).base_model_name_or_path
+    from .base import load_base
+
+    base = base or adapter_base(adapter)
     # a 4-bit training base (Unsloth's bnb checkpoints) cannot be merged into: pass the 16-bit model as --base
-    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", low_cpu_mem_usage=True)
+    model, _ = load_base(base, dtype="auto", tokenizer=False, low_cpu_mem_usage=True)
     if model.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise SystemExit(f"{base} loads as {model.dtype}; pass its 16-bit original with --base")
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
@@ -70,6 +82,43 @@ def convert(hf_dir: Path, outfile: Path, *, outtype: str = "f16", llama_cpp: Pat
             )
         raise SystemExit(f"{CONVERTER} failed ({done.returncode}):\n{tail}{hint}")
     return outfile
+
+
+def take_vocabulary(gguf: Path, base: Path) -> Path:
+    """Rewrite `gguf` with the tokenizer.ggml.* keys of `base`, a GGUF file with the same tokens.
+
+    transformers rebuilds a GGUF's tokenizer only approximately (SmolLM2's comes back as a byte-fallback BPE
+    that the converter writes as a sentencepiece vocabulary, which llama.cpp cannot load). The merged model
+    has the base's tokens, so the base file's own vocabulary is the right one. The chat template stays the
+    adapter's. Uses the installed gguf package, as transformers does to read GGUF files.
+    """
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter, Keys
+
+    source, donor = GGUFReader(gguf), GGUFReader(base)
+    prefix = "tokenizer.ggml."
+    if source.fields[Keys.Tokenizer.LIST].contents() != donor.fields[Keys.Tokenizer.LIST].contents():
+        raise SystemExit(f"{gguf}: its tokens differ from those of its base {base}, whose vocabulary it would take")
+    tmp = gguf.with_name(gguf.name + ".tmp")
+    writer = GGUFWriter(tmp, source.fields[Keys.General.ARCHITECTURE].contents(), endianess=source.endianess)
+    for reader, keep in ((source, lambda name: not name.startswith(prefix)), (donor, lambda n: n.startswith(prefix))):
+        for field in reader.fields.values():
+            if field.name == Keys.General.ARCHITECTURE or field.name.startswith("GGUF.") or not keep(field.name):
+                continue
+            kind = field.types[0]
+            sub_type = field.types[-1] if kind == GGUFValueType.ARRAY else None
+            writer.add_key_value(field.name, field.contents(), kind, sub_type=sub_type)
+    for tensor in source.tensors:
+        writer.add_tensor_info(
+            tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in source.tensors:
+        writer.write_tensor_data(tensor.data, tensor_endianess=source.endianess)
+    writer.close()
+    os.replace(tmp, gguf)
+    return gguf
 
 
 def quantize(source: Path, outfile: Path, quant: str = "q4_k_m", *, threads: int | None = None) -> Path:
@@ -132,12 +181,18 @@ def export(
     """Merge (if an adapter is given), convert, quantise and verify; returns a summary with the file sizes."""
     if (adapter is None) == (model is None):
         raise SystemExit("pass exactly one of --adapter and --model")
+    from .base import gguf_file
+
     out.mkdir(parents=True, exist_ok=True)
+    if adapter is not None:
+        base = base or adapter_base(adapter)
     hf_dir = merge(adapter, out / "hf", base=base) if adapter is not None else model
     assert hf_dir is not None
     name = name or (adapter.parent.name if adapter is not None else hf_dir.name)
     started = time.perf_counter()
     f16 = convert(hf_dir, out / f"{name}-f16.gguf", llama_cpp=llama_cpp)
+    if adapter is not None and (base_gguf := gguf_file(base)) is not None:
+        take_vocabulary(f16, base_gguf)
     converted = time.perf_counter()
     quantized = quantize(f16, out / f"{name}-{quant}.gguf", quant)
     summary: dict[str, Any] = {
@@ -160,7 +215,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--adapter", type=Path, help="a LoRA adapter folder written by finetune.train (out/adapter)")
     p.add_argument("--model", type=Path, help="an already merged Hugging Face model folder")
-    p.add_argument("--base", default=None, help="base model to merge into (default: the adapter's own)")
+    p.add_argument(
+        "--base",
+        default=None,
+        help="base model to merge into: a hub id, a folder or a GGUF file (default: the adapter's own)",
+    )
     p.add_argument("--quant", default="q4_k_m", help="llama.cpp quantisation type (default q4_k_m)")
     p.add_argument("--name", default=None, help="file name stem (default: the training run's folder name)")
     p.add_argument("--llama-cpp", type=Path, default=VENDORED, help="folder holding convert_hf_to_gguf.py")

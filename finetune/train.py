@@ -29,9 +29,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from memr1 import scoring
+from memr1 import agents, scoring
 
-from . import data
+from . import base, data
 from .rewards import AnswerReward, ManagerReward, Metric
 
 if sys.version_info >= (3, 11):
@@ -41,6 +41,8 @@ else:  # pragma: no cover
 
 log = logging.getLogger("finetune.train")
 CONFIG = Path(__file__).with_name("config.toml")
+# what memr1 lets each agent write at inference: the default of max_completion_length
+MAX_TOKENS: dict[data.Agent, int] = {"answer": agents.ANSWER_MAX_TOKENS, "manager": agents.MANAGER_MAX_TOKENS}
 
 
 class Settings(BaseModel):
@@ -80,13 +82,19 @@ class Settings(BaseModel):
 def load_settings(
     agent: data.Agent, path: Path = CONFIG, *, tiny: bool = False, overrides: dict[str, Any] | None = None
 ) -> Settings:
-    """Top-level keys, then the agent's table, then [tiny] when asked, then `overrides`."""
+    """Top-level keys, then the agent's table, then [tiny] when asked, then `overrides`.
+
+    max_completion_length, when none of them sets it, is what memr1 lets the agent write at inference
+    (memr1.agents.ANSWER_MAX_TOKENS or MANAGER_MAX_TOKENS), so that training asks for no more than that.
+    """
     raw = tomllib.loads(path.read_text(encoding="utf-8"))
     merged = {key: value for key, value in raw.items() if not isinstance(value, dict)}
     merged |= raw.get(agent, {})
     if tiny:
         merged |= raw.get("tiny", {})
-    return Settings.model_validate(merged | (overrides or {}))
+    merged |= overrides or {}
+    merged.setdefault("max_completion_length", MAX_TOKENS[agent])
+    return Settings.model_validate(merged)
 
 
 def prepare_backend(use_unsloth: bool) -> bool:
@@ -119,15 +127,30 @@ def prepare_backend(use_unsloth: bool) -> bool:
 
 
 def load_policy(settings: Settings, cuda: bool) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, peft_config): Unsloth applies LoRA itself; otherwise the trainer does, from peft_config."""
+    """(model, tokenizer, peft_config): Unsloth applies LoRA itself; otherwise the trainer does, from peft_config.
+
+    The base model is a hub id, a Hugging Face folder or a GGUF file (finetune.base.load_base).
+    """
+    import torch
+
     if cuda and settings.use_unsloth:
+        import tempfile
+
         from unsloth import FastLanguageModel
 
-        model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=settings.base_model,
-            max_seq_length=settings.max_seq_length,
-            load_in_4bit=settings.load_in_4bit,
-        )
+        with tempfile.TemporaryDirectory(prefix="memr1-base-") as tmp:
+            name = settings.base_model
+            if base.gguf_file(name) is not None:  # Unsloth loads folders and hub ids: dequantise the GGUF into one
+                model, tokenizer = base.load_base(name, dtype=torch.bfloat16)
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+                del model
+                name = tmp
+            model, tokenizer = FastLanguageModel.from_pretrained(
+                model_name=name,
+                max_seq_length=settings.max_seq_length,
+                load_in_4bit=settings.load_in_4bit,
+            )
         model = FastLanguageModel.get_peft_model(
             model,
             r=settings.lora_r,
@@ -138,13 +161,10 @@ def load_policy(settings: Settings, cuda: bool) -> tuple[Any, Any, Any]:
             random_state=settings.seed,
         )
         return model, tokenizer, None
-    import torch
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(settings.base_model)
+    model, tokenizer = base.load_base(settings.base_model, dtype=dtype)
     lora = LoraConfig(
         r=settings.lora_r,
         lora_alpha=settings.lora_alpha,
@@ -337,7 +357,12 @@ def run(agent: data.Agent, settings: Settings, data_dir: Path, out: Path) -> dic
     trainer.train()
     after = evaluate(trainer.model, tokenizer, val_examples, reward, settings, cuda)
     log.info("validation after training: %s", after)
-    trainer.model.save_pretrained(out / "adapter")
+    # the adapter names its base as configured (a GGUF by its absolute path), for finetune.export to merge into
+    gguf = base.gguf_file(settings.base_model)
+    for config in trainer.model.peft_config.values():
+        config.base_model_name_or_path = str(gguf or settings.base_model)
+    # "auto" would look the GGUF up as a hub repo, to see whether the vocabulary was resized: it never is
+    trainer.model.save_pretrained(out / "adapter", save_embedding_layers="auto" if gguf is None else False)
     tokenizer.save_pretrained(out / "adapter")
     history = trainer.state.log_history
     plot(

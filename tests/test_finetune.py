@@ -1,5 +1,6 @@
 """CPU smoke test of the training stack: one GRPO step of each agent on a tiny random-weight model built
-locally, with the real rewards, then export to GGUF and a round trip through memr1 on llama.cpp.
+locally, with the real rewards, then export to GGUF and a round trip through memr1 on llama.cpp. One more
+step starts from the GGUF that memr1 runs (SmolLM2 in ../shared, skipped without it).
 
 Skipped when torch, trl or peft are missing; CI installs them (the finetune extra).
 """
@@ -25,8 +26,10 @@ from finetune import data, export  # noqa: E402
 from finetune.tiny import write_hf_chat_model  # noqa: E402
 from gguf import GGUFReader  # noqa: E402
 
+from memr1 import Memory, ModelOutputError  # noqa: E402
 from memr1.embedding import header  # noqa: E402
 
+from .conftest import SMOLLM2, needs_smollm2  # noqa: E402
 from .test_finetune_data import locomo_sample  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -57,6 +60,16 @@ def settings(agent, workdir, tiny_embedder, tiny_chat) -> train.Settings:
             "embedder": str(tiny_embedder),
         },
     )
+
+
+def test_completions_are_as_long_as_memr1_lets_each_agent_write():
+    """Training asks for what inference allows: memr1's own caps, unless a setting overrides them."""
+    from memr1 import agents
+
+    assert train.load_settings("answer").max_completion_length == agents.ANSWER_MAX_TOKENS
+    assert train.load_settings("manager").max_completion_length == agents.MANAGER_MAX_TOKENS
+    assert train.load_settings("manager", tiny=True).max_completion_length == 48
+    assert train.load_settings("answer", overrides={"max_completion_length": 100}).max_completion_length == 100
 
 
 def check_run(result, out, agent, workdir):
@@ -121,3 +134,46 @@ def test_grpo_step_of_the_answer_agent_then_export(workdir, tiny_embedder, tiny_
     np.testing.assert_allclose(
         np.asarray(gguf_v.data, dtype=np.float32).reshape(expected.shape), expected.numpy(), atol=2e-3, rtol=2e-3
     )
+
+
+@needs_smollm2
+def test_grpo_step_from_the_gguf_memr1_runs_then_export(workdir, tiny_embedder, tiny_chat, tmp_path):
+    """Training starts from the GGUF file that memr1 runs; export finds it again from the adapter (issue 14)."""
+    out = workdir / "smollm2-answer"
+    overrides = {"base_model": str(SMOLLM2), "max_completion_length": 8, "eval_limit": 1, "eval_batch_size": 1}
+    result = train.run(
+        "answer",
+        settings("answer", workdir, tiny_embedder, tiny_chat).model_copy(update=overrides),
+        workdir / "data",
+        out,
+    )
+    assert result["steps"] == 1 and result["validation"]["after"]["count"] == 1
+    adapter = out / "adapter"
+    recorded = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(SMOLLM2.resolve())  # the file itself, which export merges into
+    # bos, eos and pad as the file has them (transformers reads the eos id as bos for GPT-2-style vocabularies)
+    tokenizer = json.loads((adapter / "tokenizer_config.json").read_text())
+    assert (tokenizer["bos_token"], tokenizer["eos_token"], tokenizer["pad_token"]) == (
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|im_end|>",
+    )
+
+    summary = export.export(workdir / "smollm2-export", adapter=adapter, check=False)
+    meta, base = header(Path(summary["gguf"])), header(SMOLLM2)
+    for key in ("general.architecture", "llama.block_count", "tokenizer.ggml.model", "tokenizer.ggml.pre"):
+        assert meta[key] == base[key]  # the base file's own vocabulary: the rebuilt one does not convert back
+    assert "<|im_start|>" in meta["tokenizer.chat_template"]
+
+    # loading must succeed; what the model writes after one step on random prompts is not tested
+    gguf = Path(summary["gguf"])
+    with Memory(tmp_path / "bank.db", embedder=tiny_embedder, manager=gguf, answerer=gguf) as mem:
+        try:
+            mem.observe("I adopted a dog named Buddy.", speaker="Andrew", at="2023-05-08T13:56")
+        except ModelOutputError:
+            pass
+        mem.add("Andrew adopted a dog named Buddy.", at="2023-05-08")
+        try:
+            assert isinstance(mem.ask("What is the name of Andrew's dog?").text, str)
+        except ModelOutputError:
+            pass

@@ -125,6 +125,22 @@ def test_delete_stores_the_fact_that_replaced_the_memory_and_ids_must_have_been_
     assert out.dropped == ["DELETE names id 5, which was not shown"]
 
 
+def test_no_noop_names_a_memory_the_same_plan_deletes() -> None:
+    """Seen with SmolLM2 in `memr1 demo`: DELETE #1 (Buddy) and ADD Scout, then two NOOPs naming #1."""
+    buddy = prompts.shown_memories([(1, "Andrew adopted a dog named Buddy.", AT)])
+    out = plan(
+        [
+            {"fact": "Andrew adopted another dog named Scout.", "event": "DELETE", "id": 0},
+            {"fact": "Andrew adopted a dog named Buddy.", "event": "NOOP", "id": 0},
+        ],
+        buddy,
+        [1],
+        "I adopted another dog, Scout!",
+    )
+    assert [(op.kind, op.memory_id) for op in out.ops] == [("DELETE", 1), ("ADD", None)]
+    assert out.noops == []
+
+
 def test_a_change_to_an_unrelated_memory_is_an_add() -> None:
     """Measured on Qwen2.5-Coder-1.5B (LoCoMo conv-30): it deleted "Jon lost his job" to store "Gina lost hers"."""
     met = prompts.shown_memories([(3, "Gina met Jon on Friday.", AT)])

@@ -283,7 +283,8 @@ def parse_manager(
     - an UPDATE whose text drops a word the memory held (Buddy, when Scout was adopted) keeps the old text
       and appends the new fact, so consolidation never loses what was true;
     - an UPDATE or DELETE of a memory about something else is an ADD: it would destroy what that memory held;
-    - a DELETE stores the fact that replaced the memory; a second change to one memory becomes an ADD;
+    - a DELETE stores the fact that replaced the memory; a second change to one memory becomes an ADD, and a
+      NOOP naming a memory the plan deletes is dropped;
     - ids that were not shown are dropped (the grammar already rules them out; servers may not).
     """
     try:
@@ -334,6 +335,10 @@ def parse_manager(
             plan.ops.append(PlannedOp("UPDATE", db, consolidated(memory.text, text)))
         else:
             plan.ops += [PlannedOp("DELETE", db, ""), PlannedOp("ADD", None, text)]
+    # "already held" by a memory this plan deletes is no longer true (SmolLM2 in the demo: DELETE #1, then
+    # NOOPs naming #1): the fact lives on in the ADD that replaced it
+    deleted = {op.memory_id for op in plan.ops if op.kind == "DELETE"}
+    plan.noops = [m for m in plan.noops if m is None or m not in deleted]
     for reason in plan.dropped:
         log.warning("memory manager op dropped: %s", reason)
     return plan

@@ -68,6 +68,23 @@ def test_a_fact_is_one_sentence_of_the_turn() -> None:
     assert made_up.ops == [] and "shares no word with the turn" in made_up.dropped[0]
 
 
+def test_a_memory_restated_on_an_unrelated_turn_is_held_not_refused() -> None:
+    """Qwen2.5-Coder-1.5B on LoCoMo conv-30 restated the memories it was shown on turn after turn; those are
+    facts already held (NOOP, nothing written), so `dropped` counts only output that was refused."""
+    jon = prompts.shown_memories([(9, "Jon lost his job as a banker (yesterday, 19 January 2023).", AT)])
+    out = plan(
+        [
+            {"fact": "Jon lost his job as a banker.", "event": "ADD"},
+            {"fact": "Gina greeted Jon warmly.", "event": "ADD"},
+        ],
+        jon,
+        [9],
+        "Wow, the studio looks amazing!",
+    )
+    assert out.ops == [] and out.noops == [9]
+    assert len(out.dropped) == 1 and "shares no word with the turn" in out.dropped[0]
+
+
 def test_duplicates_collapse_and_a_fact_already_held_is_a_noop() -> None:
     twice = plan([{"fact": "Andrew adopted a dog named Buddy.", "event": "ADD"}] * 2)
     assert [op.kind for op in twice.ops] == ["ADD"] and twice.noops == [None]

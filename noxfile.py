@@ -52,7 +52,7 @@ def finetune_data(session: nox.Session) -> None:
 
 @nox.session
 def finetune_answer(session: nox.Session) -> None:
-    """GRPO-train the Answer Agent (heavy; options after --, e.g. -- --data runs/ft-data --out runs/ft-answer)."""
+    """GRPO-train the Answer Agent (heavy; options after --, e.g. -- --preset cpu-smollm2 --data runs/ft-data --out DIR)."""
     install_finetune(session)
     session.run("python", "-m", "finetune.train", "answer", *session.posargs)
 

@@ -5,13 +5,16 @@
 
 Each conversation is observed turn by turn by the current Memory Manager into its own bank
 (out/banks/<conversation>.db), exactly as `Memory.observe` does for users; `--manager verbatim`
-stores each turn as it was said instead, as the benchmark's rag method does. Along the way:
+stores each turn as it was said instead, as the benchmark's rag method does (and keeps the raw turn,
+as `observe` does). Along the way:
 - a Memory Manager example is kept for every turn named in some question's evidence: the turn,
   the related memories `observe` shows for it, the questions, and the part of the bank those
   questions retrieve before the turn (the reward rebuilds that part and applies the manager's ops);
 - once the whole conversation is in, an Answer Agent example is kept for every question that
-  retrieves anything (with nothing retrieved, `Memory.ask` never calls the model): the up to 60
-  memories it retrieves, and the gold answer.
+  retrieves anything (with nothing retrieved, `Memory.ask` never calls the model): the up to k (60)
+  items that `Memory.ask` shows for it, and the gold answer. What those items are follows ask's
+  `sources`, by default memr1's own (`memr1.memory.DEFAULT_SOURCES`, the raw turns): `--sources
+  memories` shows the manager's memories instead, `both` the best of each.
 Questions of category 5 (adversarial) are left out, as in the paper.
 
 Written: out/{train,val}/{answer,manager}.jsonl, one pydantic example per line. Prompts are
@@ -34,9 +37,11 @@ import numpy as np
 from pydantic import BaseModel
 
 from memr1 import Memory, MemR1Error, datasets, prompts
+from memr1.bank import DEFAULT_USER, SOURCES, Sources
 from memr1.config import AgentConfig, chat_backend
 from memr1.embedding import LlamaEmbedder
 from memr1.llm import LLM
+from memr1.memory import DEFAULT_SOURCES
 from memr1.schema import Turn
 
 log = logging.getLogger("finetune.data")
@@ -48,11 +53,12 @@ _DIA_ID = re.compile(r"D\d+:\d+")  # a few evidence strings hold several ids ("D
 
 
 class Mem(BaseModel):
-    """A memory as the bank held it: database id, text, and when the fact was said."""
+    """A memory (or a raw turn) as the bank held it: database id, text as shown, and when the fact was said."""
 
     id: int
     text: str
     at: datetime | None = None
+    kind: Literal["memory", "turn"] = "memory"  # a turn's text is as ask shows it: "Speaker: text", dates written out
 
 
 class Question(BaseModel):
@@ -67,7 +73,18 @@ class AnswerExample(BaseModel):
     answer: str  # gold
     category: int
     asked_on: datetime | None = None  # as the benchmark asks: at the date of the conversation's last turn
-    memories: list[Mem]  # what Memory.ask retrieves for the question, best first
+    memories: list[Mem]  # what Memory.ask(question, k=k, sources=sources) shows the agent, best first
+    sources: Sources = "memories"  # examples written before ask had sources were built from memories
+    k: int | None = None  # how many items were asked for (None: unrecorded)
+
+    def at_k(self, k: int) -> AnswerExample:
+        """The example as ask(k=k) would show it: the first k items (retrieval ranks the same at any k <= 200)."""
+        if self.k is not None and self.k < k and len(self.memories) == self.k:
+            raise ValueError(
+                f"{self.conversation}: the examples were retrieved with k={self.k}, fewer than k={k}: "
+                f"rebuild them with python -m finetune.data --k {k}"
+            )
+        return self.model_copy(update={"memories": self.memories[:k], "k": k})
 
     def messages(self) -> list[dict[str, str]]:
         return prompts.answer_messages(self.question, memories=shown(self.memories), now=self.asked_on)
@@ -128,6 +145,14 @@ def _mems(hits: Iterable[Any]) -> list[Mem]:
     return [Mem(id=h.memory.id, text=h.memory.text, at=h.memory.at) for h in hits]
 
 
+def recalled(mem: Memory, question: str, k: int, sources: Sources) -> list[Mem]:
+    """What `Memory.ask(question, k=k, sources=sources)` shows the Answer Agent, best first."""
+    return [
+        Mem(id=item.key[1], text=item.text, at=item.at, kind=item.key[0])
+        for item in mem.recall(question, k, user=DEFAULT_USER, sources=sources)
+    ]
+
+
 def evidence_turns(qa: datasets.QA) -> set[str]:
     return {d for e in qa.evidence for d in _DIA_ID.findall(e)}
 
@@ -139,11 +164,13 @@ def build_conversation(
     k: int = 60,
     max_sessions: int | None = None,
     verbatim: bool = False,
+    sources: Sources = DEFAULT_SOURCES,
     progress: bool = True,
 ) -> tuple[list[ManagerExample], list[AnswerExample]]:
     """Observe one conversation into `mem` (an empty bank), keeping the examples as it goes.
 
-    `verbatim` adds each turn as a memory ("speaker: text") instead of asking the manager.
+    `verbatim` adds each turn as a memory ("speaker: text") instead of asking the manager; the raw
+    turn is kept too, as `observe` keeps it. Answer examples show what `Memory.ask(sources=sources)` shows.
     """
     from tqdm.auto import tqdm
 
@@ -188,12 +215,11 @@ def build_conversation(
                 )
             )
         try:
-            if verbatim:
-                mem.add(f"{t.speaker}: {t.text}", at=t.at, metadata={"dia_id": t.dia_id, "session": t.session})
+            turn = Turn(text=t.text, speaker=t.speaker, at=t.at, session=session, metadata={"dia_id": t.dia_id})
+            if verbatim:  # as if the manager had written the turn down word for word: observe's one transaction
+                mem.apply(prompts.ManagerPlan(ops=[prompts.PlannedOp("ADD", None, f"{t.speaker}: {t.text}")]), turn)
             else:
-                mem.observe(
-                    Turn(text=t.text, speaker=t.speaker, at=t.at, session=session, metadata={"dia_id": t.dia_id})
-                )
+                mem.observe(turn)
         except MemR1Error as e:  # as the benchmark does: a refused turn is logged and skipped
             failed += 1
             log.warning("%s %s not observed: %s", sid, t.dia_id, e)
@@ -201,7 +227,7 @@ def build_conversation(
         log.warning("%s: %d of %d turns could not be observed", sid, failed, len(turns))
     answers = []
     for q in qas:
-        if memories := _mems(mem.search(q.question, k)):
+        if memories := recalled(mem, q.question, k, sources):
             answers.append(
                 AnswerExample(
                     conversation=sid,
@@ -210,6 +236,8 @@ def build_conversation(
                     category=q.category,
                     asked_on=asked_on,
                     memories=memories,
+                    sources=sources,
+                    k=k,
                 )
             )
     if len(answers) < len(qas):
@@ -227,6 +255,7 @@ def build(
     embedder: str | Path,
     splits: Sequence[str] = SPLITS,
     k: int = 60,
+    sources: Sources = DEFAULT_SOURCES,
     max_sessions: int | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, int]]:
@@ -248,7 +277,13 @@ def build(
             stale.unlink(missing_ok=True)
         with Memory(bank, embedder=vectors, manager=manager) as mem:
             managers, answers = build_conversation(
-                sample, mem, k=k, max_sessions=max_sessions, verbatim=manager is None, progress=progress
+                sample,
+                mem,
+                k=k,
+                max_sessions=max_sessions,
+                verbatim=manager is None,
+                sources=sources,
+                progress=progress,
             )
         examples[split]["manager"] += managers
         examples[split]["answer"] += answers
@@ -298,7 +333,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--base-url", default=None, help="OpenAI-compatible server for the manager (--manager names it)")
     p.add_argument("--gpu-layers", type=int, default=0, help="layers of the manager to offload (llama.cpp)")
     p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated: train,val")
-    p.add_argument("--k", type=int, default=60, help="memories retrieved per question (the paper's 60)")
+    p.add_argument("--k", type=int, default=60, help="items retrieved per question (the paper's 60)")
+    p.add_argument(
+        "--sources",
+        choices=SOURCES,
+        default=DEFAULT_SOURCES,
+        help=f"what the Answer Agent is shown, as Memory.ask's sources (default {DEFAULT_SOURCES}, ask's own)",
+    )
     p.add_argument("--max-sessions", type=int, default=None, help="observe only the first N sessions (smoke runs)")
     p.add_argument("--tiny", action="store_true", help="verbatim banks and a random-weight embedder: a smoke run")
     args = p.parse_args(argv)
@@ -326,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         embedder=embedder,
         splits=args.splits.split(","),
         k=args.k,
+        sources=args.sources,
         max_sessions=args.max_sessions,
     )
     (args.out / "counts.json").write_text(json.dumps(counts, indent=2))

@@ -3,8 +3,9 @@
     python -m finetune.train answer  --data runs/ft-data --out runs/ft-answer
     python -m finetune.train manager --data runs/ft-data --out runs/ft-manager --set frozen_answerer=A.gguf
     python -m finetune.train answer  --data runs/ft-tiny --out runs/ft-tiny-answer --tiny   # CPU smoke run
+    python -m finetune.train answer  --preset cpu-smollm2 --data runs/ft-data --out runs/ft-smollm2
 
-Settings come from finetune/config.toml (--config, --set key=value). On a CUDA GPU the policy is
+Settings come from finetune/config.toml (--config, --preset NAME, --set key=value). On a CUDA GPU the policy is
 loaded by Unsloth's FastLanguageModel with LoRA; elsewhere by transformers + peft, and TRL's
 Triton log-probability kernel runs in Triton's CPU interpreter. The trainer is TRL's
 GRPOTrainer either way, with the rewards of finetune.rewards.
@@ -79,10 +80,21 @@ class Settings(BaseModel):
     embedder: str = ""
 
 
+def presets(path: Path = CONFIG) -> list[str]:
+    """The names of the [preset.NAME] tables in a config file."""
+    return sorted(tomllib.loads(path.read_text(encoding="utf-8")).get("preset", {}))
+
+
 def load_settings(
-    agent: data.Agent, path: Path = CONFIG, *, tiny: bool = False, overrides: dict[str, Any] | None = None
+    agent: data.Agent,
+    path: Path = CONFIG,
+    *,
+    preset: str | None = None,
+    tiny: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> Settings:
-    """Top-level keys, then the agent's table, then [tiny] when asked, then `overrides`.
+    """Top-level keys, then the agent's table, then [preset.NAME] when named (its own top-level keys, then
+    its agent table), then [tiny] when asked, then `overrides` (--set). An unknown preset is an error.
 
     max_completion_length, when none of them sets it, is what memr1 lets the agent write at inference
     (memr1.agents.ANSWER_MAX_TOKENS or MANAGER_MAX_TOKENS), so that training asks for no more than that.
@@ -90,6 +102,13 @@ def load_settings(
     raw = tomllib.loads(path.read_text(encoding="utf-8"))
     merged = {key: value for key, value in raw.items() if not isinstance(value, dict)}
     merged |= raw.get(agent, {})
+    if preset is not None:
+        table = raw.get("preset", {}).get(preset)
+        if table is None:
+            known = ", ".join(sorted(raw.get("preset", {}))) or "none"
+            raise ValueError(f"no preset {preset!r} in {path} (presets: {known})")
+        merged |= {key: value for key, value in table.items() if not isinstance(value, dict)}
+        merged |= table.get(agent, {})
     if tiny:
         merged |= raw.get("tiny", {})
     merged |= overrides or {}
@@ -318,6 +337,8 @@ def run(agent: data.Agent, settings: Settings, data_dir: Path, out: Path) -> dic
     out.mkdir(parents=True, exist_ok=True)
     train_examples = data.load(data_dir, "train", agent)
     val_examples = data.load(data_dir, "val", agent)
+    if agent == "answer":  # the Answer Agent sees what ask(k=k) shows: the first k items retrieved
+        train_examples, val_examples = ([e.at_k(settings.k) for e in rows] for rows in (train_examples, val_examples))
     if settings.eval_limit >= 0:
         val_examples = val_examples[: settings.eval_limit]
     reward = make_reward(agent, settings)
@@ -399,6 +420,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--data", type=Path, required=True, help="the examples written by python -m finetune.data")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--config", type=Path, default=CONFIG)
+    p.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="apply the config's [preset.NAME] table after the agent's, before --set (e.g. cpu-smollm2)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--tiny", action="store_true", help="train a random-weight model built locally (smoke run)")
     args = p.parse_args(argv)
@@ -406,7 +433,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     overrides = {key: _value(value) for key, _, value in (s.partition("=") for s in args.set)}
     if args.tiny:
         overrides = {"base_model": str(args.out / "models" / "tiny-hf")} | overrides
-    settings = load_settings(args.agent, args.config, tiny=args.tiny, overrides=overrides)
+    try:
+        settings = load_settings(args.agent, args.config, preset=args.preset, tiny=args.tiny, overrides=overrides)
+    except ValueError as e:  # an unknown preset, or a setting that does not validate
+        p.error(str(e))
     prepare_backend(settings.use_unsloth)  # before the tiny models are written: they import transformers
     if args.tiny:
         settings = settings.model_copy(update=tiny_models(args.out / "models") | overrides)

@@ -183,13 +183,16 @@ def test_ask_distils_and_answers(agent_bank) -> None:
         return {"selected": [by_text(messages, "dogs"), 42], "answer": "Two: Buddy and Scout"}
 
     mem._answerer = ScriptedLLM(answer)
-    ans = mem.ask("How many dogs does Andrew have?", user="andrew", sources="memories")
+    ans = mem.ask("How many dogs does Andrew have?", user="andrew", sources="memories", distill=True)
     assert ans.text == "Two: Buddy and Scout"
     assert [m.text for m in ans.selected] == ["Andrew has two dogs, Buddy and Scout."]  # id 42 was never shown
     assert ans.retrieved == 2 and ans.llm_calls == 1 and ans.prompt_tokens > 0 and ans.tokens > ans.prompt_tokens
 
 
-def test_ask_without_distillation_answers_from_every_retrieved_memory(agent_bank) -> None:
+@pytest.mark.parametrize("distill", [False, None])
+def test_ask_without_distillation_answers_from_every_retrieved_memory(agent_bank, distill) -> None:
+    """Answering from every item is the default: on LoCoMo's validation conversation it beat distilling first by 12
+    F1 points with an untrained 1.5B model (RESULTS.md)."""
     mem = agent_bank([{"facts": [{"event": "ADD", "fact": t}]} for t in ("Andrew has a dog.", "Andrew is a nurse.")])
     mem.observe("I have a dog", user="andrew")
     mem.observe("I am a nurse", user="andrew")
@@ -200,7 +203,8 @@ def test_ask_without_distillation_answers_from_every_retrieved_memory(agent_bank
         return {"answer": "a nurse"}  # the distilling schema would reject this: no "selected"
 
     mem._answerer = ScriptedLLM(answer)
-    ans = mem.ask("What is Andrew's job?", user="andrew", distill=False, sources="memories")
+    chosen = {} if distill is None else {"distill": distill}
+    ans = mem.ask("What is Andrew's job?", user="andrew", sources="memories", **chosen)
     assert ans.text == "a nurse" and len(ans.selected) == ans.retrieved == 2
     user = seen[0][-1]["content"]
     assert "<<<CONTEXT\n" in user and "<<<MEMORIES" not in user and "Select" not in seen[0][0]["content"]

@@ -113,7 +113,7 @@ def test_banks_are_built_by_the_manager(tmp_path, tiny_embedder):
 
     manager = ScriptedLLM(upper)
     with Memory(tmp_path / "bank.db", embedder=data.CachedEmbedder(tiny_embedder), manager=manager) as mem:
-        managers, answers = data.build_conversation(locomo_sample(), mem, progress=False)
+        managers, answers = data.build_conversation(locomo_sample(), mem, sources="memories", progress=False)
     assert len(manager.calls) == 4
     # as stored: the parser writes out the date "yesterday" meant
     assert {m.text for m in managers[2].related} == {
@@ -121,6 +121,42 @@ def test_banks_are_built_by_the_manager(tmp_path, tiny_embedder):
         "Audrey said LOVELY! I WENT HIKING YESTERDAY (7 May 2023).",
     }
     assert "Audrey said CONGRATULATIONS!" in {m.text for m in answers[0].memories}
+    assert {m.kind for m in answers[0].memories} == {"memory"} and answers[0].sources == "memories"
+
+
+@pytest.mark.parametrize("sources", [None, "memories", "turns", "both"])
+def test_answer_examples_show_what_ask_shows(tmp_path, tiny_embedder, sources):
+    """The Answer Agent trains on the prompt Memory.ask(distill=True) sends (training teaches the paper's distilling
+    agent), for ask's default sources (raw turns) and each other."""
+
+    def upper(messages):
+        turn = turn_of(messages)
+        return {"facts": [{"event": "ADD", "fact": f"{turn['speaker']} said {turn['text'].upper()}"}]}
+
+    answerer = ScriptedLLM(lambda messages: {"selected": [0], "answer": "Buddy"})
+    kwargs = {} if sources is None else {"sources": sources}
+    with Memory(
+        tmp_path / "bank.db", embedder=data.CachedEmbedder(tiny_embedder), manager=ScriptedLLM(upper), answerer=answerer
+    ) as mem:
+        _, answers = data.build_conversation(locomo_sample(), mem, k=3, progress=False, **kwargs)
+        for example in answers:
+            mem.ask(example.question, k=3, now=example.asked_on, distill=True, **kwargs)
+    assert [a.k for a in answers] == [3, 3] and all(len(a.memories) == 3 for a in answers)
+    assert [a.messages() for a in answers] == answerer.calls
+    expected = {None: {"turn"}, "turns": {"turn"}, "memories": {"memory"}, "both": {"memory", "turn"}}[sources]
+    assert {m.kind for a in answers for m in a.memories} == expected
+    assert answers[0].sources == (sources or "turns")
+
+
+def test_answer_examples_cut_to_k(tmp_path, tiny_embedder):
+    with Memory(tmp_path / "bank.db", embedder=data.CachedEmbedder(tiny_embedder)) as mem:
+        _, answers = data.build_conversation(locomo_sample(), mem, k=3, verbatim=True, progress=False)
+    first = answers[0]
+    assert first.at_k(2).memories == first.memories[:2] and first.at_k(2).k == 2
+    with pytest.raises(ValueError, match="retrieved with k=3, fewer than k=4"):
+        first.at_k(4)  # three were asked for and three came: a fourth may exist
+    short = first.model_copy(update={"memories": first.memories[:2]})
+    assert short.at_k(4).memories == short.memories  # fewer than asked for came: the bank holds no more
 
 
 def test_build_writes_each_split_and_loads_it_back(tmp_path, tiny_embedder):
@@ -141,7 +177,8 @@ def test_build_writes_each_split_and_loads_it_back(tmp_path, tiny_embedder):
 def test_questions_that_retrieve_nothing_give_no_answer_example(tmp_path, tiny_embedder):
     manager = ScriptedLLM(lambda messages: {"facts": []})  # a manager that never stores anything
     with Memory(tmp_path / "bank.db", embedder=data.CachedEmbedder(tiny_embedder), manager=manager) as mem:
-        managers, answers = data.build_conversation(locomo_sample(), mem, progress=False)
+        managers, answers = data.build_conversation(locomo_sample(), mem, sources="memories", progress=False)
+        assert len(data.build_conversation(locomo_sample("conv-30"), mem, progress=False)[1]) == 2  # turns were kept
     assert answers == []  # Memory.ask answers these without calling the model: nothing to train
     assert len(managers) == 3 and all(m.bank == [] for m in managers)
 

@@ -206,7 +206,7 @@ def test_turns_reach_the_answer_agent_when_the_manager_stored_nothing(talk: Memo
         return {"selected": [m["id"] for m in seen[-1] if "support" in m["text"]], "answer": "7 May 2023"}
 
     talk._answerer = ScriptedLLM(answer)
-    out = talk.ask("When did Caroline go to the support group?", user="c", sources="turns")
+    out = talk.ask("When did Caroline go to the support group?", user="c", sources="turns", distill=True)
     texts = [m["text"] for m in seen[0]]
     assert "Caroline: I went to a support group yesterday (7 May 2023)." in texts
     assert all("secret" not in t for t in texts)  # another user's turns never show
@@ -218,9 +218,9 @@ def test_turns_reach_the_answer_agent_when_the_manager_stored_nothing(talk: Memo
 def test_an_answer_copied_from_a_turn_loses_the_speaker_label(talk: Memory) -> None:
     # Small models answer "Caroline: I went to ..." by copying the line they were shown; F1 pays for the label.
     talk._answerer = ScriptedLLM(lambda m: {"selected": [0], "answer": "Caroline: a support group"})
-    assert talk.ask("Where did Caroline go?", user="c", sources="turns").text == "a support group"
+    assert talk.ask("Where did Caroline go?", user="c", sources="turns", distill=True).text == "a support group"
     talk._answerer = ScriptedLLM(lambda m: {"selected": [0], "answer": "Note: 10:30"})  # not a speaker shown
-    assert talk.ask("Where did Caroline go?", user="c", sources="turns").text == "Note: 10:30"
+    assert talk.ask("Where did Caroline go?", user="c", sources="turns", distill=True).text == "Note: 10:30"
     shown = [prompts.Shown(0, "Jon: I opened a studio")]
     assert prompts.parse_direct_answer({"answer": "Jon: a studio"}, shown, [5]) == ("a studio", [5])
 
@@ -231,7 +231,7 @@ def test_both_sources_interleave_memories_and_turns(talk: Memory) -> None:
     talk._answerer = ScriptedLLM(
         lambda m: seen.append(prompt_data(m, "MEMORIES")) or {"selected": [0, 1], "answer": "x"}
     )
-    out = talk.ask("What does Melanie paint?", user="c", sources="both", k=3)
+    out = talk.ask("What does Melanie paint?", user="c", sources="both", k=3, distill=True)
     assert [m["text"] for m in seen[0]][0] == "Melanie paints sunrises." and len(seen[0]) == 3
     assert [m.text for m in out.selected] == ["Melanie paints sunrises."] and len(out.selected_turns) == 1
     with pytest.raises(InvalidInput, match="sources"):
@@ -254,7 +254,7 @@ def test_turns_of_a_bank_from_before_are_searchable_after_the_upgrade(bank: Path
     seen = []
     answerer = ScriptedLLM(lambda m: seen.append(prompt_data(m, "MEMORIES")) or {"selected": [0], "answer": "Kiwi"})
     with Memory(bank, embedder=tiny_embedder, answerer=answerer) as mem:
-        out = mem.ask("What is the parrot called?", user="c", sources="turns")
+        out = mem.ask("What is the parrot called?", user="c", sources="turns", distill=True)
         assert [m["text"] for m in seen[0]] == ["Caroline: I adopted a parrot named Kiwi."] and out.text == "Kiwi"
         assert mem.check() == []
     with sqlite3.connect(bank) as conn:

@@ -89,7 +89,9 @@ def test_reset_reaches_other_connections(bank: Path, tiny_embedder: Path) -> Non
             mem.add(f"the old secret, note {i}", user="alice")
         mem.observe("My old dog is Buddy.", speaker="Bob", user="bob")
         assert len(other.search("the old secret", k=5, user=None, mode="vector")) == 5
-        assert other.ask("Which dog?", user="bob", sources="turns").llm_calls == 1  # its turn index is built
+        assert (
+            other.ask("Which dog?", user="bob", sources="turns", distill=True).llm_calls == 1
+        )  # its turn index is built
 
         mem.reset()
         # written before `other` looks again: its copies cannot tell the reset from the history's ids alone
@@ -98,13 +100,13 @@ def test_reset_reaches_other_connections(bank: Path, tiny_embedder: Path) -> Non
         hits = other.search("the old secret", k=5, user=None, mode="vector")
         assert {h.memory.id for h in hits} == {m.id for m in mem.list(user=None)} and len(hits) == 4
         assert {n.id for n in new} <= {h.memory.id for h in hits}
-        ans = other.ask("Which dog?", user="bob", sources="turns")
+        ans = other.ask("Which dog?", user="bob", sources="turns", distill=True)
         assert [t.text for t in ans.selected_turns] == ["My new dog is Scout."]
         assert "Buddy" not in str(asked[-1])
 
         mem.reset()
         assert other.search("the old secret", k=5, user=None, mode="vector") == []
-        assert other.ask("Which dog?", user="bob", sources="turns").text == UNKNOWN_ANSWER
+        assert other.ask("Which dog?", user="bob", sources="turns", distill=True).text == UNKNOWN_ANSWER
 
 
 def test_observe_takes_chat_messages_as_mem0s_add_does(bank: Path, tiny_embedder: Path) -> None:

@@ -101,7 +101,9 @@ def test_stored_instructions_are_data_through_observe_and_ask(bank: Path, tiny_e
             mem.add(hostile, user="u")
         for hostile in HOSTILE:
             assert mem.observe(hostile, speaker=hostile, session=hostile, user="u") == []
-            mem.ask(hostile, user="u", sources="memories")  # the turns are quoted too: tests/test_manager_contract.py
+            mem.ask(
+                hostile, user="u", sources="memories", distill=True
+            )  # the turns are quoted too: tests/test_manager_contract.py
         stored = sorted(i.text for i in mem.list(user="u"))
     assert stored == sorted(h.strip() for h in HOSTILE)  # kept verbatim (only surrounding whitespace trimmed)
     for messages, label in [(m, "MEMORIES") for m in manager.calls] + [(m, "MEMORIES") for m in answerer.calls]:

@@ -149,7 +149,7 @@ class Tenants(RuleBasedStateMachine):
         for mid in self.ids_of(user):
             assert {e.user for e in self.mem.history(mid, user=user)} == {user}
         self.asker = user
-        answer = self.mem.ask(f"What about {topic}?", user=user)
+        answer = self.mem.ask(f"What about {topic}?", user=user, distill=True)
         assert all(m.user == user for m in answer.selected)
         assert {u: self.owned(u) for u in USERS} == before  # reads write nothing
 

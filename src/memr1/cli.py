@@ -14,7 +14,7 @@ import click
 from .config import Config, per_role_threads
 from .errors import MemR1Error
 from .llm import DEFAULT_TIMEOUT
-from .memory import Memory
+from .memory import DEFAULT_DISTILL, Memory
 from .runtime import parse_threads
 from .schema import Answer, HistoryEntry, MemoryItem, Operation
 
@@ -305,7 +305,13 @@ def observe(
 @cli.command()
 @click.argument("question")
 @click.option("--user", default="default", show_default=True)
-@click.option("-k", default=60, show_default=True, help="Memories to retrieve before distilling.")
+@click.option("-k", default=60, show_default=True, help="Memories or turns to retrieve.")
+@click.option(
+    "--distill/--no-distill",
+    default=DEFAULT_DISTILL,
+    show_default=True,
+    help="Select the items that matter before answering (the paper's Answer Agent, for trained models).",
+)
 @agent_options
 @bank_options
 def ask(
@@ -315,13 +321,14 @@ def ask(
     question: str,
     user: str,
     k: int,
+    distill: bool,
     manager: str | None,
     answerer: str | None,
     base_url: str | None,
 ) -> None:
     """Ask the Answer Agent a question about one user's memories."""
     with _open(db, embedder, manager=manager, answerer=answerer, base_url=base_url) as mem:
-        answer = mem.ask(question, user=user, k=k)
+        answer = mem.ask(question, user=user, k=k, distill=distill)
     _emit(as_json, answer.model_dump(mode="json"), lambda: _print_answer(answer))
 
 

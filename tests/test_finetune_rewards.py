@@ -93,10 +93,11 @@ def manager_example() -> ManagerExample:
 
 
 def dog_namer(messages):
-    """A frozen answer agent that names every dog it is shown: its answer depends only on the bank."""
-    memories = prompt_data(messages, "MEMORIES")
+    """A frozen answer agent that names every dog it is shown: its answer depends only on the bank. It answers as
+    `ask` does by default, from everything shown (the CONTEXT of the direct-answer prompt)."""
+    memories = prompt_data(messages, "CONTEXT")
     names = [name for name in ("Buddy", "Scout") if any(name in m["text"] for m in memories)]
-    return {"selected": [m["id"] for m in memories], "answer": " and ".join(names) or "I don't know"}
+    return {"answer": " and ".join(names) or "I don't know"}
 
 
 def ops(*operations) -> str:

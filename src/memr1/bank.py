@@ -157,7 +157,8 @@ class Bank:
         return self._index
 
     def _embed(self, texts: builtins.list[str], *, query: bool = False) -> np.ndarray:
-        self.vector_index()
+        if self._index is None:  # the embedder is checked against the bank before its first vector is made
+            self.vector_index()
         return embed_texts(self.embedder, texts, query=query)
 
     # ---- writes ----

@@ -37,7 +37,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from memr1 import Memory, MemR1Error, datasets, prompts
-from memr1.bank import DEFAULT_USER, SOURCES, Sources
+from memr1.bank import DEFAULT_USER, SOURCES, Sources, turn_line
 from memr1.config import AgentConfig, chat_backend
 from memr1.embedding import LlamaEmbedder
 from memr1.llm import LLM
@@ -217,7 +217,7 @@ def build_conversation(
         try:
             turn = Turn(text=t.text, speaker=t.speaker, at=t.at, session=session, metadata={"dia_id": t.dia_id})
             if verbatim:  # as if the manager had written the turn down word for word: observe's one transaction
-                mem.apply(prompts.ManagerPlan(ops=[prompts.PlannedOp("ADD", None, f"{t.speaker}: {t.text}")]), turn)
+                mem.apply(prompts.ManagerPlan(ops=[prompts.PlannedOp("ADD", None, turn_line(t.speaker, t.text))]), turn)
             else:
                 mem.observe(turn)
         except MemR1Error as e:  # as the benchmark does: a refused turn is logged and skipped

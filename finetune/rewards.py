@@ -108,9 +108,10 @@ class ManagerReward:
         )
         with tempfile.TemporaryDirectory(prefix="memr1-reward-") as tmp:
             with Memory(Path(tmp) / "bank.db", embedder=self.embedder, answerer=self.answerer) as mem:
-                ids = {m.id: mem.add(m.text, at=m.at).id for m in example.bank}
+                added = {m.id: mem.add(m.text, at=m.at) for m in example.bank}
                 # the decision is applied as observe applies it: same transaction, same times, same checks
-                mem.apply(plan.remap(ids), turn, shown=[mem.get(ids[m.id]) for m in example.related])
+                ids = {old: item.id for old, item in added.items()}
+                mem.apply(plan.remap(ids), turn, shown=[added[m.id] for m in example.related])
                 return [self._ask(mem, q, example) for q in example.questions]
 
     def _ask(self, mem: Memory, question: Question, example: ManagerExample) -> str:

@@ -273,7 +273,7 @@ def answer_from_bank(mem: Memory, question: str, conv: Conversation, method: str
         distill=method == "memr1",
         sources=s.sources if ours else "memories",
     )
-    selected = [m.text for m in ans.selected] + [f"{t.speaker}: {t.text}" for t in ans.selected_turns]
+    selected = [m.text for m in ans.selected] + [memory.turn_line(t.speaker, t.text) for t in ans.selected_turns]
     return {
         "prediction": ans.text,
         "selected": selected if method == "memr1" else [],

@@ -47,7 +47,7 @@ import numpy as np
 from . import datasets
 from .embedding import DEFAULT_EMBEDDER as MEMR1_EMBEDDER
 from .embedding import Embedder, LlamaEmbedder, embed_texts
-from .memory import Memory
+from .memory import Memory, turn_line
 from .retrieval import DEFAULT_TUNING, Tuning, VectorIndex, fts_query, top_hits
 from .retrieval import search as retrieval_search
 from .schema import Hit
@@ -247,8 +247,8 @@ def chunk_text(turn: datasets.Turn, style: str) -> str:
     if style == "plain":
         return turn.text
     if style == "dated":
-        return f"[{turn.at:%-d %B %Y}] {turn.speaker}: {turn.text}"
-    return f"{turn.speaker}: {turn.text}"
+        return f"[{turn.at:%-d %B %Y}] {turn_line(turn.speaker, turn.text)}"
+    return turn_line(turn.speaker, turn.text)
 
 
 def entries(sample: dict[str, Any], source: str, style: str, sessions: int | None) -> list[Entry]:

@@ -76,6 +76,7 @@ class AnswerExample(BaseModel):
     memories: list[Mem]  # what Memory.ask(question, k=k, sources=sources) shows the agent, best first
     sources: Sources = "memories"  # examples written before ask had sources were built from memories
     k: int | None = None  # how many items were asked for (None: unrecorded)
+    distill: bool = True  # the paper's Answer Agent selects memories, then answers; False: ask's default, answer only
 
     def at_k(self, k: int) -> AnswerExample:
         """The example as ask(k=k) would show it: the first k items (retrieval ranks the same at any k <= 200)."""
@@ -86,8 +87,18 @@ class AnswerExample(BaseModel):
             )
         return self.model_copy(update={"memories": self.memories[:k], "k": k})
 
+    def as_asked(self, k: int, distill: bool) -> AnswerExample:
+        """The example as ask(k=k, distill=distill) would put it to the agent."""
+        return self.at_k(k).model_copy(update={"distill": distill})
+
     def messages(self) -> list[dict[str, str]]:
-        return prompts.answer_messages(self.question, memories=shown(self.memories), now=self.asked_on)
+        return prompts.answer_messages(
+            self.question, memories=shown(self.memories), now=self.asked_on, distill=self.distill
+        )
+
+    def schema(self) -> dict[str, Any]:
+        """What memr1's grammar lets the agent write for this prompt (agents.AnswerAgent.answer)."""
+        return prompts.answer_schema(len(self.memories)) if self.distill else prompts.DIRECT_ANSWER_SCHEMA
 
 
 class ManagerExample(BaseModel):
@@ -106,6 +117,10 @@ class ManagerExample(BaseModel):
         return prompts.manager_messages(
             self.text, speaker=self.speaker, at=self.at, session=self.session, memories=shown(self.related)
         )
+
+    def schema(self) -> dict[str, Any]:
+        """What memr1's grammar lets the manager write for this prompt (agents.MemoryManager.decide)."""
+        return prompts.manager_schema([m.id for m in shown(self.related)])
 
 
 Example = AnswerExample | ManagerExample
@@ -304,6 +319,12 @@ def load(directory: str | Path, split: str, agent: Agent) -> list[Any]:
     path = Path(directory) / split / f"{agent}.jsonl"
     model = EXAMPLE_TYPES[agent]
     return [model.model_validate_json(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def example_from_json(text: str) -> Example:
+    """An example as to_dataset stores it; its fields say which agent's it is."""
+    raw = json.loads(text)
+    return (ManagerExample if "related" in raw else AnswerExample).model_validate(raw)
 
 
 def to_dataset(examples: Sequence[Example]):

@@ -64,12 +64,15 @@ def merge(adapter: Path, out: Path, *, base: str | None = None) -> Path:
     return out
 
 
-def convert(hf_dir: Path, outfile: Path, *, outtype: str = "f16", llama_cpp: Path = VENDORED) -> Path:
+def convert(
+    hf_dir: Path, outfile: Path, *, outtype: str = "f16", llama_cpp: Path = VENDORED, vocab_only: bool = False
+) -> Path:
     """Run llama.cpp's convert_hf_to_gguf.py in a subprocess: it imports its own gguf-py, not the installed gguf."""
     script = llama_cpp / CONVERTER
     if not script.exists():
         raise SystemExit(f"no {CONVERTER} in {llama_cpp}")
     cmd = [sys.executable, str(script), str(hf_dir), "--outfile", str(outfile), "--outtype", outtype]
+    cmd += ["--vocab-only"] if vocab_only else []
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"} | {"HF_HUB_OFFLINE": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:

@@ -60,10 +60,9 @@ class AnswerReward:
 
     def predict(self, completion: str | Sequence[dict[str, str]], example: AnswerExample) -> str | None:
         """The answer the SDK would return for this output, or None when it would reject it."""
+        parse = prompts.parse_answer if example.distill else prompts.parse_direct_answer
         try:
-            text, _ = prompts.parse_answer(
-                completion_text(completion), shown(example.memories), [m.id for m in example.memories]
-            )
+            text, _ = parse(completion_text(completion), shown(example.memories), [m.id for m in example.memories])
         except prompts.OutputRejected:
             return None
         return text

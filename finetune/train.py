@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from memr1 import agents, scoring
 
 from . import base, data
+from .constrained import GrammarConstraint, Vocabulary, vocabulary_file
 from .rewards import AnswerReward, ManagerReward, Metric
 
 if sys.version_info >= (3, 11):
@@ -74,6 +75,11 @@ class Settings(BaseModel):
     eval_limit: int = -1
     eval_batch_size: int = 8
     k: int = 60
+    distill: bool = True
+    constrained: bool = True
+    gradient_checkpointing: bool = True
+    max_minutes: float = 0
+    compare_limit: int = -1
     frozen_answerer: str = ""
     frozen_base_url: str = ""
     gpu_layers: int = 0
@@ -209,8 +215,16 @@ def make_reward(agent: data.Agent, settings: Settings) -> AnswerReward | Manager
     return ManagerReward(answerer, settings.embedder or DEFAULT_EMBEDDER, settings.reward, k=settings.k)
 
 
-def generate(model: Any, tokenizer: Any, examples: Sequence[data.Example], settings: Settings, cuda: bool) -> list[str]:
-    """Greedy completions, as evaluation in the paper: no sampling, no repetition penalty."""
+def generate(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[data.Example],
+    settings: Settings,
+    cuda: bool,
+    vocabulary: Vocabulary | None = None,
+) -> list[str]:
+    """Greedy completions, as evaluation in the paper: no sampling, no repetition penalty; under memr1's
+    grammar when a vocabulary is given, as memr1 answers."""
     import torch
     from transformers import GenerationConfig
 
@@ -235,8 +249,15 @@ def generate(model: Any, tokenizer: Any, examples: Sequence[data.Example], setti
                 tokenizer.apply_chat_template(e.messages(), add_generation_prompt=True, tokenize=False) for e in batch
             ]
             inputs = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                out = model.generate(**inputs, generation_config=config)
+            constraint = GrammarConstraint(vocabulary, [e.schema() for e in batch]) if vocabulary else None
+            try:
+                with torch.no_grad():
+                    out = model.generate(
+                        **inputs, generation_config=config, logits_processor=[constraint] if constraint else None
+                    )
+            finally:
+                if constraint:
+                    constraint.close()
             texts += tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
@@ -253,11 +274,13 @@ def evaluate(
     reward: AnswerReward | ManagerReward,
     settings: Settings,
     cuda: bool,
+    vocabulary: Vocabulary | None = None,
 ) -> dict[str, float]:
     """Validation scores of the agent's greedy outputs, with the benchmark's scorer (x100, as its reports)."""
     rows: list[tuple[str, data.Question | data.AnswerExample]] = []  # (prediction, what it answers)
     parsed = 0
-    for text, example in zip(generate(model, tokenizer, examples, settings, cuda), examples, strict=True):
+    texts = generate(model, tokenizer, examples, settings, cuda, vocabulary)
+    for text, example in zip(texts, examples, strict=True):
         if isinstance(example, data.AnswerExample):
             prediction = reward.predict(text, example)  # type: ignore[arg-type]
             parsed += prediction is not None
@@ -310,11 +333,22 @@ def plot(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _step_log(path: Path) -> Any:
+def _step_log(path: Path, max_minutes: float = 0) -> Any:
     from transformers import TrainerCallback
 
     class StepLog(TrainerCallback):
-        """Append every logged step to a JSONL file as it comes, so a stopped run keeps its curve."""
+        """Append every logged step to a JSONL file as it comes, so a stopped run keeps its curve; with
+        max_minutes, stop after the first step that ends past that much training time."""
+
+        started = time.perf_counter()
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if max_minutes and time.perf_counter() - self.started > 60 * max_minutes:
+                log.info("stopping after step %d: %.0f minutes of training", state.global_step, max_minutes)
+                control.should_training_stop = True
 
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
@@ -332,19 +366,27 @@ def run(agent: data.Agent, settings: Settings, data_dir: Path, out: Path) -> dic
     import torch
     from trl import GRPOConfig, GRPOTrainer  # after prepare_backend: Unsloth must patch TRL first
 
+    if not cuda:
+        from .cpu import use_torch_log_probs
+
+        use_torch_log_probs()
+
     bf16 = cuda and torch.cuda.is_bf16_supported()
 
     out.mkdir(parents=True, exist_ok=True)
     train_examples = data.load(data_dir, "train", agent)
     val_examples = data.load(data_dir, "val", agent)
-    if agent == "answer":  # the Answer Agent sees what ask(k=k) shows: the first k items retrieved
-        train_examples, val_examples = ([e.at_k(settings.k) for e in rows] for rows in (train_examples, val_examples))
+    if agent == "answer":  # the Answer Agent sees what ask(k=k, distill=distill) shows: the first k items retrieved
+        train_examples, val_examples = (
+            [e.as_asked(settings.k, settings.distill) for e in rows] for rows in (train_examples, val_examples)
+        )
     if settings.eval_limit >= 0:
         val_examples = val_examples[: settings.eval_limit]
     reward = make_reward(agent, settings)
     model, tokenizer, lora = load_policy(settings, cuda)
+    vocabulary = Vocabulary(vocabulary_file(settings.base_model, out)) if settings.constrained else None
     started = time.perf_counter()
-    before = evaluate(model, tokenizer, val_examples, reward, settings, cuda)
+    before = evaluate(model, tokenizer, val_examples, reward, settings, cuda, vocabulary)
     log.info("validation before training: %s", before)
     (out / "log.jsonl").unlink(missing_ok=True)
     args = GRPOConfig(
@@ -359,6 +401,7 @@ def run(agent: data.Agent, settings: Settings, data_dir: Path, out: Path) -> dic
         per_device_train_batch_size=settings.per_device_train_batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         seed=settings.seed,
+        gradient_checkpointing=settings.gradient_checkpointing,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -366,31 +409,28 @@ def run(agent: data.Agent, settings: Settings, data_dir: Path, out: Path) -> dic
         bf16=bf16,
         fp16=cuda and not bf16,
     )
-    trainer = GRPOTrainer(
+    trainer = constrained_trainer(GRPOTrainer, vocabulary)(
         model=model,
         reward_funcs=[reward],
         args=args,
         train_dataset=data.to_dataset(train_examples),
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[_step_log(out / "log.jsonl")],
+        callbacks=[_step_log(out / "log.jsonl", settings.max_minutes)],
     )
+    # the adapter before any step: LoRA's B starts at zero, so this is the base model, exported the same way as
+    # the trained one for a like-for-like comparison (--compare)
+    save_adapter(trainer.model, tokenizer, out / "adapter-untrained", settings.base_model)
     trainer.train()
-    after = evaluate(trainer.model, tokenizer, val_examples, reward, settings, cuda)
+    after = evaluate(trainer.model, tokenizer, val_examples, reward, settings, cuda, vocabulary)
     log.info("validation after training: %s", after)
-    # the adapter names its base as configured (a GGUF by its absolute path), for finetune.export to merge into
-    gguf = base.gguf_file(settings.base_model)
-    for config in trainer.model.peft_config.values():
-        config.base_model_name_or_path = str(gguf or settings.base_model)
-    # "auto" would look the GGUF up as a hub repo, to see whether the vocabulary was resized: it never is
-    trainer.model.save_pretrained(out / "adapter", save_embedding_layers="auto" if gguf is None else False)
-    tokenizer.save_pretrained(out / "adapter")
+    save_adapter(trainer.model, tokenizer, out / "adapter", settings.base_model)
     history = trainer.state.log_history
     plot(
         history,
         out / "rewards.png",
-        f"{agent} agent, GRPO on {Path(settings.base_model).name}: "
-        f"validation F1 {before['f1']:.1f} -> {after['f1']:.1f}",
+        f"{agent} agent, GRPO on {Path(settings.base_model).name}"
+        + (f": validation F1 {before['f1']:.1f} -> {after['f1']:.1f}" if val_examples else ""),
     )
     step_seconds = [h["step_time"] for h in history if "step_time" in h]
     result = {
@@ -404,6 +444,84 @@ def run(agent: data.Agent, settings: Settings, data_dir: Path, out: Path) -> dic
         "settings": settings.model_dump(),
     }
     (out / "eval.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if vocabulary is not None:
+        vocabulary.close()
+    return result
+
+
+def constrained_trainer(trainer: type, vocabulary: Vocabulary | None) -> type:
+    """`trainer` (TRL's GRPOTrainer), sampling each completion under the grammar of its example's schema.
+
+    TRL passes no logits processor to `generate`, so the model's own `generate` is wrapped while TRL
+    generates a batch. The batch's rows are the dataset rows TRL drew, in order, each already repeated
+    for its group; each row's "example" column gives its schema.
+    """
+    if vocabulary is None:
+        return trainer
+
+    class Constrained(trainer):  # type: ignore[misc, valid-type]
+        _schemas: list[dict[str, Any]] = []
+
+        def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> Any:
+            self._schemas = [data.example_from_json(row["example"]).schema() for row in inputs]
+            return super()._generate_and_score_completions(inputs)
+
+        def _generate_single_turn(self, prompt_ids: list[Any], *args: Any, **kwargs: Any) -> Any:
+            if len(prompt_ids) != len(self._schemas):
+                raise RuntimeError(f"{len(prompt_ids)} prompts to generate for, {len(self._schemas)} schemas")
+            model = self.accelerator.unwrap_model(self.model)
+            original = model.generate
+            with GrammarConstraint(vocabulary, self._schemas) as constraint:
+
+                def generate(*a: Any, **kw: Any) -> Any:
+                    return original(*a, logits_processor=[constraint], **kw)
+
+                model.generate = generate
+                try:
+                    return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+                finally:
+                    del model.generate
+
+    return Constrained
+
+
+def save_adapter(model: Any, tokenizer: Any, path: Path, base_model: str) -> None:
+    # the adapter names its base as configured (a GGUF by its absolute path), for finetune.export to merge into
+    gguf = base.gguf_file(base_model)
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = str(gguf or base_model)
+    # "auto" would look the GGUF up as a hub repo, to see whether the vocabulary was resized: it never is
+    model.save_pretrained(path, save_embedding_layers="auto" if gguf is None else False)
+    tokenizer.save_pretrained(path)
+
+
+def compare_exports(
+    agent: data.Agent, out: Path, settings: Settings, data_dir: Path, *, threads: int | None = None
+) -> dict[str, Any]:
+    """Export the untrained and the trained adapter alike (merge, GGUF, quantise) and score both on the
+    validation examples through memr1's inference path (finetune.evaluate): the before/after that counts.
+    The first `compare_limit` examples (all when negative); a manager is scored through make_reward's
+    frozen Answer Agent, the one it trained against."""
+    import hashlib
+
+    from . import evaluate, export
+
+    files: dict[str, str] = {}
+    sizes: dict[str, dict[str, Any]] = {}
+    for name, adapter in (("base", "adapter-untrained"), ("trained", "adapter")):
+        summary = export.export(out / "export" / name, adapter=out / adapter, name=f"{out.name}-{name}", check=False)
+        gguf = Path(summary["gguf"])
+        files[name] = str(gguf)
+        sizes[name] = {"bytes": gguf.stat().st_size, "sha256": hashlib.sha256(gguf.read_bytes()).hexdigest()}
+    examples: list[Any] = data.load(data_dir, "val", agent)
+    if agent == "answer":
+        examples = [e.as_asked(settings.k, settings.distill) for e in examples]
+    if settings.compare_limit >= 0:
+        examples = examples[: settings.compare_limit]
+    reward = make_reward(agent, settings) if agent == "manager" else None
+    result = evaluate.compare(files, examples, threads=threads, reward=reward)  # type: ignore[arg-type]
+    result |= {"agent": agent, "split": "val", "k": settings.k, "distill": settings.distill, "files": sizes}
+    (out / "validation.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
 
 
@@ -428,6 +546,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     p.add_argument("--tiny", action="store_true", help="train a random-weight model built locally (smoke run)")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="then export the untrained and trained adapters and score both on the validation examples "
+        "through memr1 on llama.cpp (validation.json; finetune.evaluate)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {key: _value(value) for key, _, value in (s.partition("=") for s in args.set)}
@@ -442,6 +566,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = settings.model_copy(update=tiny_models(args.out / "models") | overrides)
     result = run(args.agent, settings, args.data, args.out)
     print(json.dumps(result["validation"], indent=2))
+    if args.compare:
+        compared = compare_exports(args.agent, args.out, settings, args.data)
+        print(json.dumps({"summary": compared["summary"], "differences": compared["differences"]}, indent=2))
 
 
 def tiny_models(directory: Path) -> dict[str, str]:

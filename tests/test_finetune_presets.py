@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from finetune import train
 
+import memr1.memory
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = """
@@ -70,12 +72,15 @@ def test_an_unknown_preset_is_a_clear_error(config, capsys):
 
 
 def test_the_cpu_smollm2_preset():
-    """The shipped preset: SmolLM2's GGUF on a CPU, LoRA, groups of 4, F1 with a small format reward, k = 18."""
+    """The shipped preset: SmolLM2's GGUF on a CPU, LoRA, groups of 4, F1 under memr1's grammar, k = 18, ask's
+    default prompt (no distillation), stopped by time; no KL reference or recomputed activations on a CPU."""
     assert "cpu-smollm2" in train.presets()
     s = train.load_settings("answer", preset="cpu-smollm2")
     assert s.base_model == "../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf" and not s.use_unsloth
     assert (s.num_generations, s.per_device_train_batch_size) == (4, 4)
     assert s.per_device_train_batch_size % s.num_generations == 0  # TRL refuses otherwise
-    assert s.reward == "f1" and 0 < s.format_weight <= 0.2 and s.k == 18 and s.max_steps > 0
-    assert 1e-5 <= s.learning_rate <= 5e-5
+    assert s.reward == "f1" and s.constrained and s.k == 18 and s.max_steps > 0 and 0 < s.max_minutes <= 60
+    assert s.distill is memr1.memory.DEFAULT_DISTILL
+    assert s.beta == 0 and not s.gradient_checkpointing
+    assert 1e-5 <= s.learning_rate <= 1e-4
     assert train.load_settings("answer", preset="cpu-smollm2", overrides={"max_steps": 2}).max_steps == 2

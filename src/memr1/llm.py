@@ -211,6 +211,14 @@ def _run_child(job: dict[str, Any]) -> str:
     return str(out["rendered"])
 
 
+def json_grammar(schema: dict[str, Any]) -> str:
+    """The GBNF grammar that constrains a reply to `schema`: one place, so that training (finetune.constrained)
+    samples under exactly the grammar that inference does."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(json.dumps(schema, sort_keys=True))
+
+
 def vet_chat_templates(path: Path, ref: str) -> None:
     """Compile a GGUF's chat templates in a bounded child before llama-cpp-python loads the file: it compiles
     them all in this process, unbounded, and compiling folds constants such as 'A' * 1500000000. Embedding
@@ -306,7 +314,7 @@ class LlamaCpp(ChatBackend):
 
         key = json.dumps(schema, sort_keys=True)
         if key not in self._grammars:  # converting a schema to GBNF and parsing it costs milliseconds
-            self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
+            self._grammars[key] = LlamaGrammar.from_string(json_grammar(schema), verbose=False)
         return self._grammars[key]
 
     def tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:

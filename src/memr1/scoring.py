@@ -89,3 +89,18 @@ def bleu1(prediction: str, gold: object) -> float:
 def exact_match(prediction: str, gold: object) -> float:
     """Memory-R1's training reward: equality after normalisation."""
     return float(normalize(prediction) == normalize(str(gold)))
+
+
+def paired_difference(
+    after: list[float], before: list[float], *, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of after - before over the same questions, and its 95% bootstrap interval (questions resampled)."""
+    import random
+
+    if len(after) != len(before) or not after:
+        raise ValueError(f"paired scores need the same non-zero count, not {len(after)} and {len(before)}")
+    diffs = [a - b for a, b in zip(after, before, strict=True)]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
+    return sum(diffs) / n, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]

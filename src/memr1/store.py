@@ -159,6 +159,22 @@ _MIGRATIONS: list[tuple[int, str, str]] = [
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 
+FTS_TOKENIZER = "porter unicode61 remove_diacritics 2"  # fts_memories' and fts_turns' (migrations 1 and 2)
+_VOCABULARY = "temp.memr1_fts_memories_terms"
+_TOKENIZER = "temp.memr1_tokenizer"
+
+
+@dataclass
+class IndexRows:
+    """Store.vectors_past: what the in-memory index needs to catch up with the bank."""
+
+    head: int  # the last history id
+    changed: builtins.list[int] | None  # memories written since; None: rebuild from every memory
+    rows: builtins.list[tuple[int, str, float, bytes, str]]  # (id, user, at_ts, vector, text) of those still there
+    terms: builtins.list[builtins.list[str]] = field(default_factory=list)  # each row's FTS5 terms (not on rebuild)
+    postings: builtins.list[tuple[str, str]] = field(default_factory=list)  # rebuild: (term, "id id ...")
+
+
 @dataclass
 class Change:
     """One ADD/UPDATE/DELETE for `Store.apply`; vectors arrive already embedded."""
@@ -896,38 +912,73 @@ class Store:
         marks = ",".join("?" * len(ids))
         return self.query(f"SELECT id, text FROM memories WHERE id IN ({marks})", list(ids))
 
-    def vectors_past(
-        self, seen: int, *, reload_over: int
-    ) -> tuple[int, builtins.list[int] | None, builtins.list[tuple[int, str, float, bytes]]]:
-        """What an in-memory copy of the vectors (retrieval.VectorIndex) that has applied the history up to id
-        `seen` needs to catch up, read from one snapshot: (head, changed, rows), head being the last history id.
+    def vectors_past(self, seen: int, *, reload_over: int) -> IndexRows:
+        """What the in-memory index of the memories (retrieval.VectorIndex: vectors and BM25 terms) that has
+        applied the history up to id `seen` needs to catch up, read from one snapshot.
 
-        - head is `seen`: nothing changed, ([], []).
-        - the copy must be rebuilt, because it has applied nothing (`seen` < 0), history rows went away
-          (head < `seen`) or more than `reload_over` history rows were written past it: changed is None and
-          rows hold every memory's (id, user, at_ts, vector), in no particular order.
-        - otherwise changed holds the ids of the memories written past `seen`, and rows the (id, user, at_ts,
-          vector) of those still there: the others were deleted.
+        - head is `seen`: nothing changed (changed and rows empty).
+        - the index must be rebuilt, because it has applied nothing (`seen` < 0), history rows went away
+          (head < `seen`) or more than `reload_over` history rows were written past it: changed is None, rows
+          hold every memory, and postings every FTS5 term with the memories it occurs in.
+        - otherwise changed holds the ids of the memories written past `seen`, rows those still there (the
+          others were deleted) and terms each row's FTS5 terms.
         """
         with self.read() as conn:
             head: int = conn.execute("SELECT coalesce(max(id), 0) FROM history").fetchone()[0]
             if head == seen:
-                return head, [], []
+                return IndexRows(head, [], [])
             if seen < 0 or head < seen or head - seen > reload_over:
-                meta = {row[0]: row for row in conn.execute("SELECT id, user_id, at_ts FROM memories")}
+                meta = {row[0]: row for row in conn.execute("SELECT id, user_id, at_ts, text FROM memories")}
                 vectors = conn.execute("SELECT memory_id, embedding FROM vec_memories")
-                return head, None, [meta[mid] + (blob,) for mid, blob in vectors if mid in meta]
+                rows = [meta[mid][:3] + (blob, meta[mid][3]) for mid, blob in vectors if mid in meta]
+                self._fts_vocabulary(conn)
+                # FTS5 keeps each term's occurrences in memory id order: one string of ids per term
+                postings = conn.execute(f"SELECT term, group_concat(doc, ' ') FROM {_VOCABULARY} GROUP BY term")
+                return IndexRows(head, None, rows, postings=postings.fetchall())
             changed = [
                 r[0]
                 for r in conn.execute("SELECT DISTINCT memory_id FROM history WHERE id > ? AND id <= ?", (seen, head))
             ]
             marks = ",".join("?" * len(changed))
             rows = conn.execute(
-                f"SELECT m.id, m.user_id, m.at_ts, v.embedding FROM memories m "
+                f"SELECT m.id, m.user_id, m.at_ts, v.embedding, m.text FROM memories m "
                 f"JOIN vec_memories v ON v.memory_id = m.id WHERE m.id IN ({marks})",
                 changed,
             ).fetchall()
-        return head, changed, rows
+            terms = self._terms(conn, [row[4] for row in rows])
+        return IndexRows(head, changed, rows, terms=terms)
+
+    def terms(self, texts: Sequence[str]) -> builtins.list[builtins.list[str]]:
+        """Each text's terms as FTS5 indexes memories (porter unicode61 remove_diacritics 2), one per occurrence."""
+        with self.lock, self._translated():
+            return self._terms(self.conn, texts)
+
+    @staticmethod
+    def _fts_vocabulary(conn: Any) -> None:
+        conn.execute(
+            f"CREATE VIRTUAL TABLE IF NOT EXISTS {_VOCABULARY} USING fts5vocab(main, 'fts_memories', 'instance')"
+        )
+
+    @staticmethod
+    def _terms(conn: Any, texts: Sequence[str]) -> builtins.list[builtins.list[str]]:
+        """FTS5's own tokenizer, through a contentless table in this connection's temporary database: the
+        in-memory BM25 then counts exactly the terms that FTS5 would. It writes nothing to the bank."""
+        if not texts:
+            return []
+        conn.execute(
+            f"CREATE VIRTUAL TABLE IF NOT EXISTS {_TOKENIZER} USING fts5(text, content='', tokenize='{FTS_TOKENIZER}')"
+        )
+        conn.execute(
+            f"CREATE VIRTUAL TABLE IF NOT EXISTS {_TOKENIZER}_v USING fts5vocab(temp, 'memr1_tokenizer', 'instance')"
+        )
+        conn.executemany(f"INSERT INTO {_TOKENIZER}(rowid, text) VALUES (?, ?)", enumerate(texts))
+        out: builtins.list[builtins.list[str]] = [[] for _ in texts]
+        try:
+            for doc, term in conn.execute(f"SELECT doc, term FROM {_TOKENIZER}_v"):
+                out[doc].append(term)
+        finally:
+            conn.execute(f"INSERT INTO {_TOKENIZER}({_TOKENIZER.split('.')[1]}) VALUES ('delete-all')")
+        return out
 
     def list(
         self,

@@ -1,0 +1,101 @@
+"""search()'s BM25 list comes from an in-memory index (issue 15); FTS5's own bm25() is the reference it must equal.
+
+A real bank: memories written through the store, then updated, deleted and added again so the index follows
+the history (including a compaction of its dead slots), searched with and without a user, a time window
+and metadata filters.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from memr1.retrieval import VectorIndex, fts_query, query_words
+from memr1.store import Change
+
+WORDS = (
+    "the quick brown fox jumps over lazy dogs running ran runs adopted adopting painting painted Caroline "
+    "Melanie support group yesterday café naïve foo_bar x2 don't Ünïcode 2023 pottery class hiking"
+).split()
+DIM = 32  # the tiny embedder's, which the bank is bound to
+
+
+def vector(rng: random.Random) -> bytes:
+    return np.asarray([rng.random() for _ in range(DIM)], np.float32).tobytes()
+
+
+def text(rng: random.Random, most: int = 20) -> str:
+    return " ".join(rng.choices(WORDS, k=rng.randint(1, most)))
+
+
+def fts5(store, query: str, n: int, **scope) -> dict[int, float]:
+    scope = {"user": None, "since": None, "until": None, "filters": None} | scope
+    return {mid: -bm25 for mid, bm25 in store.fts(fts_query(query), limit=n, **scope)}
+
+
+def same(got: list[tuple[int, float]], want: dict[int, float]) -> None:
+    """Equal scores for equal ids, and the same set but for ties at the cut-off."""
+    scores = [s for _, s in got]
+    assert scores == sorted(scores, reverse=True)
+    assert len(got) == len(want)
+    for mid, score in got:
+        if mid in want:
+            assert score == pytest.approx(want[mid], rel=1e-6, abs=1e-9)
+        else:  # a tie with one FTS5 kept at the cut-off
+            assert score == pytest.approx(min(want.values()), rel=1e-6, abs=1e-9)
+
+
+def test_in_memory_bm25_equals_fts5_through_writes(mem):
+    rng = random.Random(0)
+    store = mem.store
+    store.apply(
+        [
+            Change("ADD", f"u{i % 3}", text=text(rng), vector=vector(rng), at_ts=float(i), metadata={"i": i % 2})
+            for i in range(1500)
+        ],
+        actor="test",
+    )
+    index = VectorIndex(DIM)
+
+    def check() -> None:
+        index.sync(store)
+        for _ in range(40):
+            query = text(rng, 6)
+            phrases = store.terms(query_words(query))
+            for n in (10, 200):
+                same(index.bm25(phrases, n), fts5(store, query, n))
+                same(index.bm25(phrases, n, user="u1"), fts5(store, query, n, user="u1"))
+                same(index.bm25(phrases, n, since=300.0, until=900.0), fts5(store, query, n, since=300.0, until=900.0))
+            allowed = np.asarray(store.memory_ids(user="u2", filters={"i": 1}), np.int64)
+            same(
+                index.bm25(phrases, 50, user="u2", allowed=allowed), fts5(store, query, 50, user="u2", filters={"i": 1})
+            )
+
+    check()
+    assert index.rebuilds == 1
+    # updates and deletes past the index: it follows the history, and compacts once an eighth of it is dead
+    ids = store.memory_ids()
+    store.apply(
+        [Change("UPDATE", f"u{(m - 1) % 3}", memory_id=m, text=text(rng, 8), vector=vector(rng)) for m in ids[:90]],
+        actor="t",
+    )
+    store.apply([Change("DELETE", f"u{(m - 1) % 3}", memory_id=m) for m in ids[100:330]], actor="t")
+    store.apply([Change("ADD", "u1", text=text(rng), vector=vector(rng), at_ts=5.0) for _ in range(40)], actor="t")
+    check()
+    assert index.rebuilds == 1  # caught up from the history, not reloaded
+
+
+def test_an_unknown_word_or_user_finds_nothing(mem):
+    rng = random.Random(1)
+    mem.store.apply([Change("ADD", "u0", text=text(rng), vector=vector(rng), at_ts=0.0) for _ in range(20)], actor="t")
+    index = VectorIndex(DIM)
+    index.sync(mem.store)
+    assert index.bm25(mem.store.terms(["zzzunheard"]), 10) == []
+    assert index.bm25(mem.store.terms(["fox"]), 10, user="nobody") == []
+
+
+def test_terms_are_fts5s_own(mem):
+    """The porter stemmer and diacritics folding of the bank's FTS5 tables, word by word."""
+    assert mem.store.terms(["Running", "café", "foo_bar", ""]) == [["run"], ["cafe"], ["bar", "foo"], []]

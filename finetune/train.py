@@ -315,7 +315,10 @@ def plot(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     mean = [h["reward"] for h in rows]
     std = [h.get("reward_std", 0.0) for h in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, mean, marker="o", label="mean reward of the step's completions")
+    ax.plot(steps, mean, marker="o", alpha=0.6, label="mean reward of the step's completions")
+    if len(mean) >= 5:  # one question per step is noisy: the trend is the running mean
+        window = [statistics.fmean(mean[max(0, i - 4) : i + 1]) for i in range(len(mean))]
+        ax.plot(steps, window, color="black", label="running mean of 5 steps")
     ax.fill_between(
         steps,
         [m - s for m, s in zip(mean, std)],
@@ -327,7 +330,7 @@ def plot(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("reward")
     ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -521,6 +524,14 @@ def compare_exports(
     reward = make_reward(agent, settings) if agent == "manager" else None
     result = evaluate.compare(files, examples, threads=threads, reward=reward)  # type: ignore[arg-type]
     result |= {"agent": agent, "split": "val", "k": settings.k, "distill": settings.distill, "files": sizes}
+    history = [json.loads(line) for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    f1 = {name: s["f1"] for name, s in result["summary"].items()}
+    plot(
+        history,
+        out / "rewards.png",
+        f"{agent} agent, GRPO on {Path(settings.base_model).name}\n"
+        f"validation F1 on llama.cpp: {f1['base']:.1f} before, {f1['trained']:.1f} after ({len(examples)} examples)",
+    )
     (out / "validation.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
 

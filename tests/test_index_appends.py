@@ -26,11 +26,11 @@ class SeededEmbedder:
 
 
 def live(index: VectorIndex) -> dict[int, tuple[bytes, int, float]]:
-    """What the index holds per memory id: its float16 vector, user and time."""
+    """What the index holds per memory id: its int16 vector and scale, user and time."""
     r = index._rows
     users = {code: user for user, code in index._users.items()}
     return {
-        int(r.ids[i]): (r.vecs[i].tobytes(), users[int(r.users[i])], float(r.ts[i]))
+        int(r.ids[i]): (r.vecs[i].tobytes() + r.scale[i].tobytes(), users[int(r.users[i])], float(r.ts[i]))
         for i in range(len(r.ids))
         if held(r)[i]
     }

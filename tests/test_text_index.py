@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 
-from memr1.retrieval import VectorIndex, fts_query, query_words
+from memr1.retrieval import Scope, VectorIndex, fts_query, query_words
 from memr1.store import Change
 
 WORDS = (
@@ -66,11 +66,15 @@ def test_in_memory_bm25_equals_fts5_through_writes(mem):
             phrases = store.terms(query_words(query))
             for n in (10, 200):
                 same(index.bm25(phrases, n), fts5(store, query, n))
-                same(index.bm25(phrases, n, user="u1"), fts5(store, query, n, user="u1"))
-                same(index.bm25(phrases, n, since=300.0, until=900.0), fts5(store, query, n, since=300.0, until=900.0))
+                same(index.bm25(phrases, n, Scope(user="u1")), fts5(store, query, n, user="u1"))
+                same(
+                    index.bm25(phrases, n, Scope(since=300.0, until=900.0)),
+                    fts5(store, query, n, since=300.0, until=900.0),
+                )
             allowed = np.asarray(store.memory_ids(user="u2", filters={"i": 1}), np.int64)
             same(
-                index.bm25(phrases, 50, user="u2", allowed=allowed), fts5(store, query, 50, user="u2", filters={"i": 1})
+                index.bm25(phrases, 50, Scope(user="u2", allowed=allowed)),
+                fts5(store, query, 50, user="u2", filters={"i": 1}),
             )
 
     check()
@@ -93,7 +97,7 @@ def test_an_unknown_word_or_user_finds_nothing(mem):
     index = VectorIndex(DIM)
     index.sync(mem.store)
     assert index.bm25(mem.store.terms(["zzzunheard"]), 10) == []
-    assert index.bm25(mem.store.terms(["fox"]), 10, user="nobody") == []
+    assert index.bm25(mem.store.terms(["fox"]), 10, Scope(user="nobody")) == []
 
 
 def test_terms_are_fts5s_own(mem):

@@ -86,6 +86,9 @@ ABLATION: dict[str, Tuning | PlainRRF] = {
     "context ±2 (0.5, 0.25)": Tuning(context=(0.5, 0.25)),
     "context gap 0 s": Tuning(context_gap=0.0),
     "text weight 2.0": Tuning(text_weight=2.0),
+    "BM25 on words in <= 20% of turns": Tuning(max_df=0.2),
+    "BM25 on words in <= 10% of turns": Tuning(max_df=0.1),
+    "BM25 on words in <= 5% of turns": Tuning(max_df=0.05),
 }
 TEXT_STYLES = ("speaker", "plain", "dated")
 _DIA = re.compile(r"D:?(\d+):(\d+)")

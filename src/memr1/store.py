@@ -281,6 +281,7 @@ class Store:
         self.path = Path(path)
         self._abspath = Path(os.path.abspath(path))  # the identity check must not follow a later chdir
         self.lock = threading.RLock()
+        self._term_cache: dict[str, builtins.list[str]] = {}
         self._driver = _driver_module()
         if self.path.is_dir():
             raise BankError(f"{self.path} is a directory, not a bank file")
@@ -949,9 +950,17 @@ class Store:
         return IndexRows(head, changed, rows, terms=terms)
 
     def terms(self, texts: Sequence[str]) -> builtins.list[builtins.list[str]]:
-        """Each text's terms as FTS5 indexes memories (porter unicode61 remove_diacritics 2), one per occurrence."""
-        with self.lock, self._translated():
-            return self._terms(self.conn, texts)
+        """Each text's terms as FTS5 indexes memories (porter unicode61 remove_diacritics 2), one per occurrence.
+        Remembered (up to 8,192 texts): a search's words recur, and the tokenizer never changes."""
+        known = {t: v for t in texts if (v := self._term_cache.get(t)) is not None}  # another thread may clear it
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        if missing:
+            with self.lock, self._translated():
+                known.update(zip(missing, self._terms(self.conn, missing)))
+            if len(self._term_cache) + len(missing) > 8192:
+                self._term_cache.clear()
+            self._term_cache.update((t, known[t]) for t in missing)
+        return [builtins.list(known[t]) for t in texts]
 
     @staticmethod
     def _fts_vocabulary(conn: Any) -> None:

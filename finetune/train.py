@@ -7,12 +7,15 @@
 
 Settings come from finetune/config.toml (--config, --preset NAME, --set key=value). On a CUDA GPU the policy is
 loaded by Unsloth's FastLanguageModel with LoRA; elsewhere by transformers + peft, and TRL's
-Triton log-probability kernel runs in Triton's CPU interpreter. The trainer is TRL's
-GRPOTrainer either way, with the rewards of finetune.rewards.
+log-probabilities are computed in PyTorch (finetune.cpu). The trainer is TRL's GRPOTrainer either
+way, with the rewards of finetune.rewards, and samples every completion under memr1's grammar for
+its prompt (finetune.constrained), as memr1 decodes at inference.
 
-Written to --out: adapter/ (LoRA weights and tokenizer, for finetune.export), log.jsonl (every
-logged step), rewards.png (the reward curve), eval.json (validation before and after, scored
-with the benchmark's scorer: F1, BLEU-1 and exact match, x100, and the share of parseable outputs).
+Written to --out: adapter/ (LoRA weights and tokenizer, for finetune.export), adapter-untrained/
+(the same before any step), log.jsonl (every logged step), rewards.png (the reward curve),
+eval.json (in-process validation before and after, scored with the benchmark's scorer: F1, BLEU-1
+and exact match, x100, and the share of parseable outputs). With --compare, both adapters are then
+exported alike and scored through memr1 on llama.cpp (finetune.evaluate): export/, validation.json.
 """
 
 from __future__ import annotations

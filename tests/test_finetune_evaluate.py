@@ -55,3 +55,34 @@ def test_command_line_writes_the_comparison(tiny_chat, tmp_path):
     assert saved["k"] == 2 and saved["distill"] is False and saved["summary"]["base"]["count"] == 2
     with pytest.raises(SystemExit):
         evaluate.main(["--data", str(folder), "--model", "nameonly", "--out", str(out)])
+
+
+def test_managers_are_scored_through_the_frozen_answerer(tiny_chat, tiny_embedder):
+    """Each decision is applied to a copy of the example's bank and its questions asked there; ops are counted."""
+    from finetune.rewards import ManagerReward
+
+    from memr1.llm import LlamaCpp
+
+    bank = [data.Mem(id=1, text="Andrew: I adopted a dog named Buddy.", at=datetime(2023, 5, 8))]
+    example = data.ManagerExample(
+        conversation="conv-30",
+        dia_id="D2:1",
+        text="I adopted another dog, Scout.",
+        speaker="Andrew",
+        at=datetime(2023, 6, 1),
+        session="session_2",
+        asked_on=datetime(2023, 7, 1),
+        related=bank,
+        bank=bank,
+        questions=[data.Question(question="What are Andrew's dogs called?", answer="Buddy and Scout", category=4)],
+    )
+    reward = ManagerReward(LlamaCpp(tiny_chat, slot="frozen", n_threads=1), tiny_embedder, "f1", k=5)
+    result = evaluate.compare({"base": str(tiny_chat), "again": str(tiny_chat)}, [example, example], reward=reward)
+    summary = result["summary"]["base"]
+    assert summary["count"] == 2 and summary == result["summary"]["again"]
+    rows = result["rows"]["base"]
+    for kind in ("ADD", "UPDATE", "DELETE", "NOOP"):  # two decisions of one turn id: counted over one turn
+        assert summary[f"{kind.lower()}_per_turn"] == sum(r["ops"].get(kind, 0) for r in rows)
+    assert result["rows"]["base"][0]["turn"] == "D2:1"
+    with pytest.raises(ValueError, match="ManagerReward"):
+        evaluate.compare({"base": str(tiny_chat)}, [example])

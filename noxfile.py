@@ -58,6 +58,27 @@ def finetune_answer(session: nox.Session) -> None:
 
 
 @nox.session
+def finetune_cpu(session: nox.Session) -> None:
+    """The whole CPU run of RESULTS.md in one command: SmolLM2's Answer Agent on LoCoMo, about an hour on 2 cores.
+
+    Builds the examples (raw turns, no chat model), trains with `--preset cpu-smollm2`, then exports the untrained
+    and trained adapters and scores both on the validation conversation through memr1 (`--compare`). Options after
+    -- go to the training, e.g. `-- --set max_minutes=5`. Needs ../shared (SmolLM2, MiniLM, LoCoMo) beside the clone.
+    """
+    install_finetune(session)
+    data, out = "runs/ft-data", "runs/ft-smollm2"
+    shared = "../shared"
+    session.run(
+        "python", "-m", "finetune.data", "--out", data, "--data", f"{shared}/data/locomo10.json",
+        "--manager", "verbatim", "--embedder", f"{shared}/models/all-MiniLM-L6-v2-f16.gguf",
+    )  # fmt: skip
+    session.run(
+        "python", "-m", "finetune.train", "answer", "--preset", "cpu-smollm2", "--data", data, "--out", out,
+        "--compare", *session.posargs,
+    )  # fmt: skip
+
+
+@nox.session
 def finetune_manager(session: nox.Session) -> None:
     """GRPO-train the Memory Manager (heavy; options after --, e.g. -- --data runs/ft-data --out runs/ft-manager)."""
     install_finetune(session)

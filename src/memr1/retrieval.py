@@ -452,7 +452,7 @@ class TextIndex:
     ) -> None:
         """Hold exactly these memories, with FTS5's postings: (term, memory ids, one per occurrence)."""
         rows = sorted(rows, key=lambda row: row[0])
-        self._terms, self._postings, self._slot_of = {}, [], {}
+        self._terms, self._postings = {}, []
         self._n = len(rows)
         self._alloc(self._n + self._n // 8 + 64)
         ids = np.asarray([r[0] for r in rows], np.int64)

@@ -161,7 +161,7 @@ SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 FTS_TOKENIZER = "porter unicode61 remove_diacritics 2"  # fts_memories' and fts_turns' (migrations 1 and 2)
 _VOCABULARY = "temp.memr1_fts_memories_terms"
-_TOKENIZER = "temp.memr1_tokenizer"
+_TOKENIZER = "memr1_tokenizer"  # in the temporary database
 
 
 @dataclass
@@ -906,13 +906,6 @@ class Store:
         where, params = self.where(user=user, filters=filters)
         return [r[0] for r in self.query(f"SELECT id FROM memories {where}", params)]
 
-    def memory_texts(self, ids: Sequence[int]) -> builtins.list[tuple[int, str]]:
-        """(id, text) of those of these memories that exist."""
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        return self.query(f"SELECT id, text FROM memories WHERE id IN ({marks})", list(ids))
-
     def vectors_past(self, seen: int, *, reload_over: int) -> IndexRows:
         """What the in-memory index of the memories (retrieval.VectorIndex: vectors and BM25 terms) that has
         applied the history up to id `seen` needs to catch up, read from one snapshot.
@@ -975,18 +968,18 @@ class Store:
         if not texts:
             return []
         conn.execute(
-            f"CREATE VIRTUAL TABLE IF NOT EXISTS {_TOKENIZER} USING fts5(text, content='', tokenize='{FTS_TOKENIZER}')"
+            f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{_TOKENIZER} USING fts5(text, content='', tokenize='{FTS_TOKENIZER}')"
         )
         conn.execute(
-            f"CREATE VIRTUAL TABLE IF NOT EXISTS {_TOKENIZER}_v USING fts5vocab(temp, 'memr1_tokenizer', 'instance')"
+            f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{_TOKENIZER}_v USING fts5vocab(temp, '{_TOKENIZER}', 'instance')"
         )
-        conn.executemany(f"INSERT INTO {_TOKENIZER}(rowid, text) VALUES (?, ?)", enumerate(texts))
+        conn.executemany(f"INSERT INTO temp.{_TOKENIZER}(rowid, text) VALUES (?, ?)", enumerate(texts))
         out: builtins.list[builtins.list[str]] = [[] for _ in texts]
         try:
-            for doc, term in conn.execute(f"SELECT doc, term FROM {_TOKENIZER}_v"):
+            for doc, term in conn.execute(f"SELECT doc, term FROM temp.{_TOKENIZER}_v"):
                 out[doc].append(term)
         finally:
-            conn.execute(f"INSERT INTO {_TOKENIZER}({_TOKENIZER.split('.')[1]}) VALUES ('delete-all')")
+            conn.execute(f"INSERT INTO temp.{_TOKENIZER}({_TOKENIZER}) VALUES ('delete-all')")
         return out
 
     def list(

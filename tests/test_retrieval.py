@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from memr1 import Memory, retrieval
-from memr1.retrieval import VectorIndex, fts_query, fuse_scores, spread
+from memr1.retrieval import Fused, Links, Tuning, VectorIndex, fts_query, fuse_scores, spread
 
 from .conftest import MINILM, needs_minilm
 
@@ -118,18 +118,25 @@ class WordsEmbedder:
 def test_score_fusion_shifts_to_the_floor_and_scales() -> None:
     vector = [(1, 0.9), (2, 0.5), (3, 0.1)]  # cut at its depth: the last entry is the floor
     rms = np.sqrt((0.8**2 + 0.4**2) / 3)
-    assert fuse_scores((vector, 1.0, None)) == pytest.approx({1: 0.8 / rms, 2: 0.4 / rms, 3: 0.0})
+    assert fuse_scores((vector, 1.0, None)).as_dict() == pytest.approx({1: 0.8 / rms, 2: 0.4 / rms, 3: 0.0})
     text = [(2, 3.0), (4, 1.0)]  # every BM25 match: the floor is BM25's zero
-    both = fuse_scores((vector, 1.0, None), (text, 1.5, 0.0))
+    both = fuse_scores((vector, 1.0, None), (text, 1.5, 0.0)).as_dict()
+    assert list(both) == [1, 2, 3, 4]  # the order ties are broken in: as the lists first hold them
     assert both == pytest.approx({1: 0.8 / rms, 2: 0.4 / rms + 1.5 * 3 / 5**0.5, 3: 0.0, 4: 1.5 / 5**0.5})
-    assert fuse_scores(([(9, 2.5)], 1.0, 0.0)) == {9: 1.0}  # a lone match still counts
-    assert fuse_scores(([(9, 2.5)], 1.0, None)) == {9: 0.0}
-    flat = fuse_scores(([(5, 1e-6), (6, 0.99e-6)], 1.0, 0.0))  # a word in every memory: near-equal, not huge
+    assert fuse_scores(([(9, 2.5)], 1.0, 0.0)).as_dict() == {9: 1.0}  # a lone match still counts
+    assert fuse_scores(([(9, 2.5)], 1.0, None)).as_dict() == {9: 0.0}
+    flat = fuse_scores(([(5, 1e-6), (6, 0.99e-6)], 1.0, 0.0)).as_dict()  # a word in every memory: near-equal, not huge
     assert 0.9 < flat[6] < flat[5] < 1.1
 
 
 def test_spread_gives_shares_by_distance() -> None:
-    assert spread({1: 2.0, 2: 1.0}, [(1, 2, 1), (1, 3, 2), (2, 1, 1)], (0.4, 0.2)) == {1: 2.4, 2: 1.8, 3: 0.4}
+    fused = Fused(np.asarray([2, 1]), np.asarray([1.0, 2.0]))
+    links = Links(np.asarray([1, 1, 2]), np.asarray([2, 3, 1]), np.asarray([1, 2, -1]))
+    out = spread(fused, links, Tuning(context=(0.4, 0.2)))
+    assert out.as_dict() == pytest.approx({2: 1.8, 1: 2.4, 3: 0.4})
+    assert out.ids.tolist() == [2, 1, 3] and out.top(2) == [1, 2]
+    after = spread(fused, links, Tuning(context=(0.4, 0.2), context_after=(0.5,)))  # none for 2 after
+    assert after.as_dict() == pytest.approx({2: 1.0 + 0.5 * 2.0, 1: 2.4, 3: 0.0})
 
 
 def test_context_pulls_in_the_turn_after_the_match(bank: Path) -> None:
@@ -181,7 +188,7 @@ def test_context_respects_scope_and_follows_updates(bank: Path) -> None:
         index.sync(mem.store)
         assert list(index._rows.ids) == sorted(index._rows.ids)
         links = index.neighbours([b.id], 2, gap=3600, user="u")
-        assert sorted(links) == [(b.id, a.id, 1), (b.id, c.id, 1)]
+        assert sorted(links.triples()) == [(b.id, a.id, -1), (b.id, c.id, 1)]
 
 
 def test_time_questions_and_time_statements() -> None:

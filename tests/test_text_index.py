@@ -103,3 +103,39 @@ def test_an_unknown_word_or_user_finds_nothing(mem):
 def test_terms_are_fts5s_own(mem):
     """The porter stemmer and diacritics folding of the bank's FTS5 tables, word by word."""
     assert mem.store.terms(["Running", "café", "foo_bar", ""]) == [["run"], ["cafe"], ["bar", "foo"], []]
+
+
+def test_the_shortcuts_rank_as_fts5_does(mem, monkeypatch):
+    """Words drawn as in natural text (Zipf): a query's common words have long posting lists, which search skips
+    once its rare words settle the top n, and one user of many is scored by looking up that user's memories.
+    Both must give FTS5's ranking, and both must have been taken."""
+    from memr1.retrieval import TextIndex
+
+    rng = random.Random(2)
+    vocabulary = [f"w{i}x" for i in range(400)]
+    weights = [1 / (rank + 1) for rank in range(len(vocabulary))]
+
+    def zipf_text(k: int) -> str:
+        return " ".join(rng.choices(vocabulary, weights, k=k))
+
+    mem.store.apply(
+        [Change("ADD", f"u{i % 30}", text=zipf_text(12), vector=vector(rng), at_ts=float(i)) for i in range(3000)],
+        actor="test",
+    )
+    index = VectorIndex(DIM)
+    index.sync(mem.store)
+    taken: list[int] = []
+    lookup = TextIndex._lookup
+    monkeypatch.setattr(TextIndex, "_lookup", lambda self, *a: taken.append(a[-1]) or lookup(self, *a))
+    monkeypatch.setattr(TextIndex, "LONG", 300)  # lists of middling words count as long too, where bounds are tight
+    for i in range(80):
+        if i % 2:  # rare words and the commonest
+            query = f"{zipf_text(2)} {rng.choice(vocabulary[100:])} {vocabulary[0]} {vocabulary[1]}"
+        else:  # middling words only, whose bounds are close to the scores
+            query = " ".join(rng.sample(vocabulary[2:40], 4))
+        phrases = mem.store.terms(query_words(query))
+        for n in (10, 60):
+            same(index.bm25(phrases, n), fts5(mem.store, query, n))
+            same(index.bm25(phrases, n, Scope(user="u7")), fts5(mem.store, query, n, user="u7"))
+    assert taken.count(0) >= 40  # one user's memories looked up
+    assert sum(start > 0 for start in taken) >= 40  # common words' lists skipped

@@ -48,7 +48,7 @@ from . import datasets
 from .embedding import DEFAULT_EMBEDDER as MEMR1_EMBEDDER
 from .embedding import Embedder, LlamaEmbedder, embed_texts
 from .memory import Memory, turn_line
-from .retrieval import DEFAULT_TUNING, Tuning, VectorIndex, fts_query, top_hits
+from .retrieval import DEFAULT_TUNING, Fused, Tuning, VectorIndex, fts_query, top_hits
 from .retrieval import search as retrieval_search
 from .schema import Hit
 from .scoring import CATEGORIES
@@ -162,7 +162,9 @@ def rrf_search(
             (mid, -bm25) for mid, bm25 in store.fts(match, limit=depth, user=user, since=None, until=None, filters=None)
         ]
     fused = fuse([m for m, _ in vector], [m for m, _ in text])
-    return top_hits(store, fused, vector, text, k)
+    return top_hits(
+        store, Fused(np.fromiter(fused, np.int64), np.fromiter(fused.values(), np.float64)), vector, text, k
+    )
 
 
 def recall(evidence: Sequence[str], hits: Sequence[Iterable[str]], k: int) -> float:

@@ -26,7 +26,6 @@ val conversations only, benchmarks/locomo_retrieval.py and RESULTS.md):
 
 from __future__ import annotations
 
-import heapq
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -67,9 +66,15 @@ class Tuning:
     depth: int = 200  # each list holds max(k, depth) memories before fusion
     text_weight: float = 1.5  # the BM25 list's weight against the vector list's 1.0
     context: tuple[float, ...] = (0.4, 0.2)  # share of a memory's score given to memories 1, 2, ... away
+    context_after: tuple[float, ...] | None = None  # the shares of those said after it, when not `context`'s
     context_gap: float = 3600.0  # seconds: memories said further apart are not each other's context
     time_boost: float = 1.0  # added to a memory stating a time when the query asks when
     max_df: float = 1.0  # BM25 skips words held by more than this share of the bank, unless all are
+
+    @property
+    def radius(self) -> int:
+        """How many memories away context reaches."""
+        return max(len(self.context), len(self.context_after or ()))
 
 
 DEFAULT_TUNING = Tuning()
@@ -128,6 +133,8 @@ class VectorIndex:
         self._n = 0  # rows in use, dead ones included; the rest of _buf is spare
         self._dead = 0
         self.text = TextIndex()  # the same memories' FTS5 terms, for BM25 without FTS5's per-row cost
+        # a search asks for the same scope twice (vector pass, then context): the last one, until the next write
+        self._last_scope: tuple[tuple[Any, ...], np.ndarray | None] | None = None
 
     def __len__(self) -> int:
         return self._n - self._dead
@@ -147,6 +154,7 @@ class VectorIndex:
             if past.head == self._seen:
                 return
             rows = [row[:4] for row in past.rows]
+            self._last_scope = None
             if past.changed is None:
                 self._rebuild(rows)
                 self.text.rebuild(past.rows, past.postings, self._code)
@@ -269,6 +277,17 @@ class VectorIndex:
         self, r: _Rows, user: str | None, since: float | None, until: float | None, allowed: np.ndarray | None
     ) -> np.ndarray | None:
         """Row numbers within the scope (None: an unknown user, so nothing)."""
+        key = (user, since, until)
+        if allowed is None and self._last_scope is not None and self._last_scope[0] == key:
+            return self._last_scope[1]
+        rows = self._scope_rows(r, user, since, until, allowed)
+        if allowed is None:
+            self._last_scope = (key, rows)
+        return rows
+
+    def _scope_rows(
+        self, r: _Rows, user: str | None, since: float | None, until: float | None, allowed: np.ndarray | None
+    ) -> np.ndarray | None:
         mask = r.live.copy()
         if user is not None:
             if user not in self._users:
@@ -315,9 +334,10 @@ class VectorIndex:
                 rows = rows[keep]
             # int16 with a scale per row: as compact as float16 and more exact (cosine within 1e-5), and 4-5x
             # faster to re-score here, where numpy converts float16 to float32 one value at a time
-            sims = (r.vecs[rows].astype(np.float32) @ query.astype(np.float32)) * r.scale[rows]
+            # np.take gathers rows faster than fancy indexing
+            sims = (np.take(r.vecs, rows, axis=0).astype(np.float32) @ query.astype(np.float32)) * r.scale[rows]
             order = np.argsort(-sims, kind="stable")[:n]
-            return [(int(r.ids[rows[i]]), float(sims[i])) for i in order]
+            return list(zip(r.ids[rows[order]].tolist(), sims[order].tolist()))
 
     def bm25(
         self, phrases: Sequence[Sequence[str]], n: int, scope: Scope = Scope(), *, max_df: float = 1.0
@@ -337,7 +357,7 @@ class VectorIndex:
 
     def neighbours(
         self,
-        ids: Sequence[int],
+        ids: Sequence[int] | np.ndarray,
         radius: int,
         *,
         gap: float,
@@ -345,20 +365,20 @@ class VectorIndex:
         since: float | None = None,
         until: float | None = None,
         allowed: np.ndarray | None = None,
-    ) -> list[tuple[int, int, int]]:
-        """(memory id, neighbour id, distance) for the memories up to `radius` before and after each id
-        in its user's bank, within the scope and at most `gap` seconds from it."""
+    ) -> Links:
+        """The memories up to `radius` before and after each id in its user's bank, within the scope and at
+        most `gap` seconds from it."""
         with self.lock:  # sync changes rows in place: read them all under the lock
             r = self._rows
             rows = self._scope(r, user, since, until, allowed)
             if rows is None or not len(rows) or not len(ids):
-                return []
+                return Links.none()
             return self._links(r, rows, ids, radius, gap, user)
 
     @staticmethod
     def _links(
-        r: _Rows, rows: np.ndarray, ids: Sequence[int], radius: int, gap: float, user: str | None
-    ) -> list[tuple[int, int, int]]:
+        r: _Rows, rows: np.ndarray, ids: Sequence[int] | np.ndarray, radius: int, gap: float, user: str | None
+    ) -> Links:
         wanted = np.asarray(ids, np.int64)
         row = np.minimum(np.searchsorted(r.ids, wanted), len(r.ids) - 1)
         if user is None:  # several users: order the scope by user, then id
@@ -370,15 +390,30 @@ class VectorIndex:
             place = np.minimum(np.searchsorted(rows, row), len(rows) - 1)
             place = np.where(rows[place] == row, place, -1)
         at = np.where(r.ids[row] == wanted, place, -1)  # -1: gone since, or outside the scope
-        out: list[tuple[int, int, int]] = []
+        parts = []
         for distance in range(1, radius + 1):
             for step in (-distance, distance):
                 place = at + step
                 ok = (at >= 0) & (place >= 0) & (place < len(rows))
                 other = rows[np.where(ok, place, 0)]
                 ok &= (r.users[other] == r.users[row]) & (np.abs(r.ts[other] - r.ts[row]) <= gap)
-                out += zip(wanted[ok].tolist(), r.ids[other[ok]].tolist(), [distance] * int(ok.sum()))
-        return out
+                parts.append((wanted[ok], r.ids[other[ok]], np.full(int(ok.sum()), step, np.int64)))
+        return Links(*(np.concatenate(column) for column in zip(*parts))) if parts else Links.none()
+
+
+class Links(NamedTuple):
+    """Context links: neighbour[i] was said step[i] memories after memory[i] (before it when negative)."""
+
+    memory: np.ndarray
+    neighbour: np.ndarray
+    step: np.ndarray
+
+    @classmethod
+    def none(cls) -> Links:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+
+    def triples(self) -> list[tuple[int, int, int]]:
+        return list(zip(self.memory.tolist(), self.neighbour.tolist(), self.step.tolist()))
 
 
 def query_words(text: str, max_terms: int = 32) -> list[str]:
@@ -418,6 +453,7 @@ class TextIndex:
     """
 
     K1, B = 1.2, 0.75
+    LONG = 1024  # postings beyond 4n + LONG are worth a check whether they can be skipped
 
     def __init__(self) -> None:
         self._terms: dict[str, int] = {}
@@ -548,39 +584,97 @@ class TextIndex:
     def search(
         self, phrases: Sequence[Sequence[str]], n: int, user: int | None, scope: Scope, max_df: float = 1.0
     ) -> list[tuple[int, float]]:
-        """bm25() over every live slot; then the slots of user (a code) within the scope's window and ids."""
-        if not self._live_count:
+        """bm25() over every live slot; then the slots of user (a code) within the scope's window and ids.
+
+        Three ways to the same ranking, by cost. A small scope (one user of many) looks its slots up in each
+        term's postings. Otherwise the terms with short posting lists are scored first (MaxScore): when the n-th
+        best of those scores is above the most that the long lists' terms together could add, a memory in none
+        of the short lists cannot reach the top n, and the long lists (common words) are only looked up for the
+        memories already found. Failing that, every posting is scored."""
+        if not self._live_count or n < 1:
             return []
         total = self._live_count
-        avg = self._total_length / total
-        length = self.length[: self._n]
         found = [f for phrase in phrases if (f := self._phrase(phrase)) is not None]
         if max_df < 1.0:
             found = [f for f in found if len(f[0]) <= max_df * total] or found
         if not found:
             return []
-        weights = []
-        for slots, counts in found:
-            df = len(slots)
-            idf = max(float(np.log((total - df + 0.5) / (df + 0.5))), 1e-6)
-            norm = self.K1 * (1 - self.B + self.B * length[slots] / avg)
-            weights.append(idf * counts * (self.K1 + 1) / (counts + norm))
-        # one pass for every phrase; every weight is > 0 (IDF is floored), so a slot scores > 0 exactly when it
-        # holds some phrase: FTS5's OR
-        scores = np.bincount(np.concatenate([f[0] for f in found]), weights=np.concatenate(weights), minlength=self._n)
-        hits = np.flatnonzero(scores)
+        found.sort(key=lambda f: len(f[0]))  # rarest first
+        idf = [max(float(np.log((total - len(s) + 0.5) / (len(s) + 0.5))), 1e-6) for s, _ in found]
+        # the most a term can add to one memory's score: tf / (tf + norm) < 1
+        reach = np.cumsum([i * (self.K1 + 1) for i in idf][::-1])[::-1].tolist() + [0.0]
+        inside = self._scope_mask(user, scope)
+        if inside is not None and np.count_nonzero(inside) * len(found) * 8 < sum(len(s) for s, _ in found):
+            scoped = np.flatnonzero(inside)
+            return self._best(scoped, self._lookup(scoped, found, idf, 0), n)
+        taken = 0  # postings in found[:j]
+        for j in range(1, len(found)):
+            taken += len(found[j - 1][0])
+            if taken > self._n // 4:  # scoring every posting costs about as much
+                break
+            if len(found[j][0]) <= 4 * n + self.LONG or reach[0] - reach[j] <= reach[j]:
+                continue  # a short list ahead is taken too; or found[:j] cannot outscore the rest yet
+            held, where = np.unique(np.concatenate([s for s, _ in found[:j]]), return_inverse=True)
+            partial = np.bincount(where, weights=self._weights_of(found[:j], idf))
+            if inside is not None:
+                keep = inside[held]
+                held, partial = held[keep], partial[keep]
+            if np.count_nonzero(partial > reach[j]) >= n:  # the n-th best is above all the rest could add
+                return self._best(held, partial + self._lookup(held, found, idf, j), n)
+        scores = np.bincount(
+            np.concatenate([s for s, _ in found]), weights=self._weights_of(found, idf), minlength=self._n
+        )
+        held = np.flatnonzero(scores)
+        held = held if inside is None else held[inside[held]]
+        return self._best(held, scores[held], n)
+
+    def _scope_mask(self, user: int | None, scope: Scope) -> np.ndarray | None:
+        """Which slots are live and within the scope; None for every live slot."""
+        if user is None and scope.since is None and scope.until is None and scope.allowed is None:
+            return None
+        n = self._n
+        mask = self.live[:n].copy()
         if user is not None:
-            hits = hits[self.users[hits] == user]
+            mask &= self.users[:n] == user
         if scope.since is not None:
-            hits = hits[self.ts[hits] >= scope.since]
+            mask &= self.ts[:n] >= scope.since
         if scope.until is not None:
-            hits = hits[self.ts[hits] <= scope.until]
+            mask &= self.ts[:n] <= scope.until
         if scope.allowed is not None:
-            hits = hits[np.isin(self.ids[hits], scope.allowed)]
-        if len(hits) > n:
-            hits = hits[np.argpartition(-scores[hits], n - 1)[:n]]
-        hits = hits[np.lexsort((self.ids[hits], -scores[hits]))]  # best first; ties by id, as FTS5 by rowid
-        return [(int(self.ids[s]), float(scores[s])) for s in hits]
+            mask &= np.isin(self.ids[:n], scope.allowed)
+        return mask
+
+    def _weights(self, slots: np.ndarray, counts: np.ndarray, idf: float) -> np.ndarray:
+        """bm25()'s term weight for each (slot, count) posting."""
+        norm = self.K1 * (1 - self.B + self.B * self.length[slots] * (self._live_count / self._total_length))
+        return idf * counts * (self.K1 + 1) / (counts + norm)
+
+    def _weights_of(self, found: Sequence[tuple[np.ndarray, np.ndarray]], idf: Sequence[float]) -> np.ndarray:
+        return np.concatenate([self._weights(slots, counts, i) for (slots, counts), i in zip(found, idf)])
+
+    def _lookup(
+        self, slots: np.ndarray, found: Sequence[tuple[np.ndarray, np.ndarray]], idf: Sequence[float], start: int
+    ) -> np.ndarray:
+        """The BM25 that terms found[start:] add to each of these (ascending) slots, by binary search in their
+        postings, which are in slot order."""
+        out = np.zeros(len(slots), np.float64)
+        for (posted, counts), term_idf in zip(found[start:], idf[start:]):
+            at = np.minimum(np.searchsorted(posted, slots), len(posted) - 1)
+            hit = posted[at] == slots
+            out[hit] += self._weights(slots[hit], counts[at[hit]], term_idf)
+        return out
+
+    def _best(self, slots: np.ndarray, scores: np.ndarray, n: int) -> list[tuple[int, float]]:
+        """The n best (memory id, score) of these slots that score above 0, best first; ties by id, as FTS5
+        breaks them by rowid."""
+        keep = scores > 0  # every weight is > 0 (IDF is floored): a slot scores exactly when it holds a phrase
+        slots, scores = slots[keep], scores[keep]
+        if len(slots) > n:
+            top = np.argpartition(-scores, n - 1)[:n]
+            slots, scores = slots[top], scores[top]
+        ids = self.ids[slots]
+        order = np.lexsort((ids, -scores))
+        return list(zip(ids[order].tolist(), scores[order].tolist()))
 
     def _phrase(self, terms: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
         """The live slots holding a phrase, and how often. A word that FTS5 splits ("a_b") is a phrase of
@@ -608,7 +702,28 @@ class TextIndex:
         return {mid: bool(self.timed_slots[slot]) for mid in ids if (slot := self._slot_of.get(mid)) is not None}
 
 
-def fuse_scores(*lists: tuple[Sequence[tuple[int, float]], float, float | None]) -> dict[int, float]:
+class Fused(NamedTuple):
+    """Fused scores: each memory once, in the order the lists first held it (the order that breaks ties)."""
+
+    ids: np.ndarray  # int64
+    scores: np.ndarray  # float64
+
+    @classmethod
+    def of(cls, ids: np.ndarray, values: np.ndarray) -> Fused:
+        """The sum of the values of each id."""
+        unique, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        return cls(unique[order], np.bincount(inverse, weights=values, minlength=len(unique))[order])
+
+    def top(self, k: int) -> list[int]:
+        """The k best ids, best first; ties in the order held."""
+        return self.ids[np.argsort(-self.scores, kind="stable")[:k]].tolist()
+
+    def as_dict(self) -> dict[int, float]:
+        return dict(zip(self.ids.tolist(), self.scores.tolist()))
+
+
+def fuse_scores(*lists: tuple[Sequence[tuple[int, float]], float, float | None]) -> Fused:
     """Score fusion of (list of (id, score) best first, weight, floor) triples.
 
     A memory a list does not hold sits at the list's floor: its last score when the list was cut
@@ -617,26 +732,32 @@ def fuse_scores(*lists: tuple[Sequence[tuple[int, float]], float, float | None])
     comparable, a top hit far above the rest of its list keeps that lead, and a list of near-equal
     scores (a word in every memory) cannot blow up as it would divided by its spread.
     """
-    fused: dict[int, float] = {}
+    ids, values = [], []
     for ranked, weight, floor in lists:
         if not ranked:
             continue
-        values = np.asarray([v for _, v in ranked], np.float64)
-        values -= values.min() if floor is None else floor
-        scale = float(np.sqrt(np.mean(values**2))) or 1.0
-        for (mid, _), value in zip(ranked, values / scale):
-            fused[mid] = fused.get(mid, 0.0) + weight * float(value)
-    return fused
+        ids.append(np.fromiter((m for m, _ in ranked), np.int64, len(ranked)))
+        shifted = np.fromiter((v for _, v in ranked), np.float64, len(ranked))
+        shifted -= shifted.min() if floor is None else floor
+        scale = float(np.sqrt(np.mean(shifted**2))) or 1.0
+        values.append(shifted * (weight / scale))
+    if not ids:
+        return Fused(np.empty(0, np.int64), np.empty(0, np.float64))
+    return Fused.of(np.concatenate(ids), np.concatenate(values))
 
 
-def spread(
-    scores: dict[int, float], links: Sequence[tuple[int, int, int]], shares: Sequence[float]
-) -> dict[int, float]:
-    """Give each memory `shares[d-1]` of the score of each linked memory d steps away."""
-    out = dict(scores)
-    for mid, other, distance in links:
-        out[other] = out.get(other, 0.0) + shares[distance - 1] * scores[mid]
-    return out
+def spread(fused: Fused, links: Links, tuning: Tuning) -> Fused:
+    """Give each memory `tuning.context[d-1]` of the fused score of each linked memory d steps away
+    (`tuning.context_after`'s, when said after it)."""
+    if not len(links.memory):
+        return fused
+    sorter = np.argsort(fused.ids)
+    given = fused.scores[sorter[np.searchsorted(fused.ids, links.memory, sorter=sorter)]]
+    after = tuning.context if tuning.context_after is None else tuning.context_after
+    table = np.zeros((2, tuning.radius + 1))  # [said before?, distance]
+    table[0, 1 : len(after) + 1], table[1, 1 : len(tuning.context) + 1] = after, tuning.context
+    shared = table[(links.step < 0).astype(np.int64), np.abs(links.step)] * given
+    return Fused.of(np.concatenate([fused.ids, links.neighbour]), np.concatenate([fused.scores, shared]))
 
 
 def search(
@@ -667,36 +788,37 @@ def search(
         text = index.bm25(store.terms(words), depth, Scope(user, since, until, allowed), max_df=tuning.max_df)
     # BM25 lists shorter than their depth hold every matching memory: the rest score 0
     fused = fuse_scores((vector, 1.0, None), (text, tuning.text_weight, 0.0 if len(text) < depth else None))
-    if mode == "hybrid" and tuning.time_boost and fused and asks_when(query):
-        for mid, timed in index.states_time(list(fused)).items():
-            fused[mid] += tuning.time_boost if timed else 0.0
-    if mode == "hybrid" and tuning.context and fused:
+    if mode == "hybrid" and tuning.time_boost and len(fused.ids) and asks_when(query):
+        timed = index.states_time(fused.ids.tolist())
+        fused.scores[[timed.get(m, False) for m in fused.ids.tolist()]] += tuning.time_boost
+    if mode == "hybrid" and tuning.radius and len(fused.ids):
         links = index.neighbours(
-            list(fused),
-            len(tuning.context),
+            fused.ids,
+            tuning.radius,
             gap=tuning.context_gap,
             user=user,
             since=since,
             until=until,
             allowed=allowed,
         )
-        fused = spread(fused, links, tuning.context)
+        fused = spread(fused, links, tuning)
     return top_hits(store, fused, vector, text, k)
 
 
 def top_hits(
     store: Store,
-    fused: dict[int, float],
+    fused: Fused,
     vector: Sequence[tuple[int, float]],
     text: Sequence[tuple[int, float]],
     k: int,
 ) -> list[Hit]:
     """The k best of `fused` as hits, with each pass's own score beside the fused one."""
-    top = heapq.nlargest(k, fused, key=fused.__getitem__)  # as sorted(..., reverse=True)[:k], ties in order
+    top = fused.top(k)
     items = store.get_many(top)
+    score = dict(zip(top, fused.scores[np.argsort(-fused.scores, kind="stable")[:k]].tolist()))
     vscore, tscore = dict(vector), dict(text)
     return [
-        Hit(memory=items[m], score=fused[m], vector_score=vscore.get(m), text_score=tscore.get(m))
+        Hit(memory=items[m], score=score[m], vector_score=vscore.get(m), text_score=tscore.get(m))
         for m in top
         if m in items  # deleted between the two reads
     ]
@@ -783,18 +905,21 @@ def search_turns(
     if match := fts_query(query):
         text = [(tid, -bm25) for tid, bm25 in store.turns_fts(match, limit=depth, user=user)]
     fused = fuse_scores((vector, 1.0, None), (text, tuning.text_weight, 0.0 if len(text) < depth else None))
-    if tuning.time_boost and fused and asks_when(query):
-        for tid, turn in store.get_turns(list(fused)).items():
-            fused[tid] += tuning.time_boost if states_time(turn.text) else 0.0
-    if tuning.context and fused and len(ids):
-        place = {int(t): i for i, t in enumerate(ids)}
-        links = []
-        for tid in fused:
-            if (i := place.get(tid)) is None:
-                continue
-            for distance in range(1, len(tuning.context) + 1):
-                for j in (i - distance, i + distance):
-                    if 0 <= j < len(ids) and sessions[j] == sessions[i]:
-                        links.append((tid, int(ids[j]), distance))
-        fused = spread(fused, links, tuning.context)
-    return sorted(fused.items(), key=lambda item: -item[1])[:k]
+    if tuning.time_boost and len(fused.ids) and asks_when(query):
+        turns = store.get_turns(fused.ids.tolist())
+        fused.scores[[t in turns and states_time(turns[t].text) for t in fused.ids.tolist()]] += tuning.time_boost
+    if tuning.radius and len(fused.ids) and len(ids):
+        # a turn's neighbours are the turns beside it in id order, in the same session
+        at = np.minimum(np.searchsorted(ids, fused.ids), len(ids) - 1)
+        at = at[ids[at] == fused.ids]
+        parts = []
+        for distance in range(1, tuning.radius + 1):
+            for step in (-distance, distance):
+                there = at + step
+                ok = (there >= 0) & (there < len(ids))
+                here, there = at[ok], there[ok]
+                ok = sessions[here] == sessions[there]
+                parts.append((ids[here[ok]], ids[there[ok]], np.full(int(ok.sum()), step, np.int64)))
+        fused = spread(fused, Links(*(np.concatenate(column) for column in zip(*parts))), tuning)
+    order = np.argsort(-fused.scores, kind="stable")[:k]
+    return list(zip(fused.ids[order].tolist(), fused.scores[order].tolist()))

@@ -73,7 +73,7 @@ def test_appends_are_amortised() -> None:
     rng = np.random.default_rng(0)
     seen = []
     for i in range(1, 2001):
-        index._append([(i, "u", 0.0, rng.normal(size=dim).astype(np.float32).tobytes())])
+        index._append([(i, "u", 0.0, rng.normal(size=dim).astype(np.float32).tobytes(), None)])
         seen.append(index._rows.vecs)
     assert len(index) == 2000 and list(index._rows.ids) == list(range(1, 2001))
     assert copies(seen) <= 12, copies(seen)
@@ -158,9 +158,11 @@ def hamming(index: VectorIndex, query: np.ndarray) -> dict[int, int]:
 def test_rows_below_the_newest_id_keep_id_order() -> None:
     index = VectorIndex(4)
     vec = (np.ones(4, np.float32) / 2).tobytes()
-    index._append([(i, "u", 0.0, vec) for i in (1, 5, 9)])
+    index._append([(i, "u", 0.0, vec, None) for i in (1, 5, 9)])
     index._drop([5])
-    index._append([(3, "u", 0.0, vec), (12, "u", 0.0, vec), (5, "u", 1.0, vec)])  # 5 comes back: its row is reused
+    index._append(
+        [(3, "u", 0.0, vec, None), (12, "u", 0.0, vec, None), (5, "u", 1.0, vec, None)]
+    )  # 5 comes back: its row is reused
     assert list(index._rows.ids) == [1, 3, 5, 9, 12] and len(index) == 5
     assert index.nearest(np.ones(4, np.float32) / 2, 10, user="u", since=0.5) == [(5, pytest.approx(1.0, abs=2e-3))]
 

@@ -258,7 +258,7 @@ def test_turns_of_a_bank_from_before_are_searchable_after_the_upgrade(bank: Path
         assert [m["text"] for m in seen[0]] == ["Caroline: I adopted a parrot named Kiwi."] and out.text == "Kiwi"
         assert mem.check() == []
     with sqlite3.connect(bank) as conn:
-        assert [r[0] for r in conn.execute("SELECT version FROM migrations ORDER BY version")] == [1, 2]
+        assert [r[0] for r in conn.execute("SELECT version FROM migrations ORDER BY version")] == [1, 2, 3]
 
 
 def test_erasing_a_users_turns_erases_their_vectors_and_words(talk: Memory) -> None:

@@ -47,7 +47,7 @@ def test_coarse_pass_keeps_recall_on_a_big_scope() -> None:
     data = (rng.normal(size=(n, 48)) @ basis + 0.2 * rng.normal(size=(n, dim)) + 0.5).astype(np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     index = VectorIndex(dim, exact_below=0)
-    rows = [(i + 1, "u", 0.0, data[i].tobytes()) for i in range(n)]
+    rows = [(i + 1, "u", 0.0, data[i].tobytes(), None) for i in range(n)]
     index._center = data.mean(axis=0)
     index._append(rows)
     recalls = []

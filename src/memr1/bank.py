@@ -161,6 +161,20 @@ class Bank:
             self.vector_index()
         return embed_texts(self.embedder, texts, query=query)
 
+    def _memory_vectors(
+        self, texts: builtins.list[str], *, lead: Sequence[str] = ()
+    ) -> tuple[np.ndarray, builtins.list[tuple[bytes, bytes | None]]]:
+        """Each memory text's vector and its sentences' (None for one sentence), embedded in one batch after
+        `lead` (another text, such as the turn): (lead's vectors, [(vector, sentence vectors)])."""
+        split = [retrieval.sentences(t) for t in texts]
+        vectors = self._embed([*lead, *texts, *(s for parts in split for s in parts)])
+        whole, rest = vectors[len(lead) : len(lead) + len(texts)], vectors[len(lead) + len(texts) :]
+        out, at = [], 0
+        for vector, parts in zip(whole, split):
+            out.append((vector.tobytes(), rest[at : at + len(parts)].tobytes() if parts else None))
+            at += len(parts)
+        return vectors[: len(lead)], out
+
     # ---- writes ----
 
     def add(
@@ -173,12 +187,13 @@ class Bank:
     ) -> MemoryItem:
         """Store one memory verbatim (no LLM); see `observe` for the Memory Manager."""
         text, user, moment, metadata = check_text(text), check_user(user), parse_time(at), check_metadata(metadata)
-        vector = self._embed([text])[0]
+        (vector, sentences) = self._memory_vectors([text])[1][0]
         change = Change(
             "ADD",
             user,
             text=text,
-            vector=vector.tobytes(),
+            vector=vector,
+            sentences=sentences,
             at=moment,
             at_ts=timestamp(moment or utcnow()),
             metadata=metadata,
@@ -201,13 +216,14 @@ class Bank:
         user = check_user(user) if user is not None else None
         moment = parse_time(at)
         current = self.store.get(memory_id, user)  # fail fast, before the embedding work
-        vector = self._embed([text])[0]
+        (vector, sentences) = self._memory_vectors([text])[1][0]
         change = Change(
             "UPDATE",
             current.user,
             memory_id=memory_id,
             text=text,
-            vector=vector.tobytes(),
+            vector=vector,
+            sentences=sentences,
             at=moment,
             at_ts=timestamp(moment) if moment else None,
             metadata=metadata,
@@ -385,8 +401,8 @@ class Bank:
         held = self.store.held_memories({m["user"] for m in memories}) if memories else set()
         todo = [m for m in memories if memory_key(m) not in held]  # the transaction decides again, with no model
         if todo:
-            for m, vector in zip(todo, self._embed([m["text"] for m in todo])):
-                m["vector"] = vector.tobytes()
+            for m, (vector, sentences) in zip(todo, self._memory_vectors([m["text"] for m in todo])[1]):
+                m["vector"], m["sentences"] = vector, sentences
         return self.store.import_rows(sections)
 
     # ---- introspection ----
@@ -459,9 +475,10 @@ class Bank:
             "metadata": check_metadata(turn.metadata),
         }
         new_texts = [op.text for op in plan.ops if op.kind in ("ADD", "UPDATE")]
-        vectors = iter(self._embed([turn_line(turn.speaker, text), *new_texts]))
-        row["vector"] = next(vectors).tobytes()  # the turn's own, for ask(sources="turns")
+        turn_vector, written = self._memory_vectors(new_texts, lead=[turn_line(turn.speaker, text)])
+        row["vector"] = turn_vector[0].tobytes()  # the turn's own, for ask(sources="turns")
         moment = timestamp(turn.at or utcnow())
+        vectors = iter(written)
         changes = [
             Change(
                 op.kind,
@@ -470,11 +487,13 @@ class Bank:
                 text=op.text or None,
                 at=turn.at,
                 at_ts=moment,
-                vector=next(vectors).tobytes() if op.kind in ("ADD", "UPDATE") else None,
                 seen=seen.get(op.memory_id) if op.memory_id is not None else None,
             )
             for op in plan.ops
         ]
+        for change in changes:
+            if change.kind in ("ADD", "UPDATE"):
+                change.vector, change.sentences = next(vectors)
         items = self.store.apply(changes, actor="manager", turn=row)
         applied = [
             Operation(

@@ -67,28 +67,35 @@ class PlainRRF:
     max(k, depth) deep, with no time boost and no context. Score fusion replaced it (see RESULTS.md)."""
 
     depth: int = 50
+    sentences: bool = False  # sentence vectors came later
 
 
 # From memr1's first hybrid search to its default, one step at a time (tuned on train+val only).
 ABLATION: dict[str, Tuning | PlainRRF] = {
     "rrf, 50 deep (first shipped)": PlainRRF(),
     "rrf, 200 deep": PlainRRF(depth=200),
-    "score fusion, 50 deep": Tuning(depth=50, text_weight=1.0, context=(), time_boost=0.0),
-    "score fusion, 200 deep": Tuning(text_weight=1.0, context=(), time_boost=0.0),
-    "+ context ±1 (0.4)": Tuning(text_weight=1.0, context=(0.4,), time_boost=0.0),
-    "+ context ±2 (0.4, 0.2)": Tuning(text_weight=1.0, time_boost=0.0),
-    "+ text weight 1.5": Tuning(time_boost=0.0),
-    "+ time boost 1.0 for when-questions: default": DEFAULT_TUNING,
+    "score fusion, 50 deep": Tuning(depth=50, text_weight=1.0, context=(), time_boost=0.0, sentences=False),
+    "score fusion, 200 deep": Tuning(text_weight=1.0, context=(), time_boost=0.0, sentences=False),
+    "+ context ±1 (0.4)": Tuning(text_weight=1.0, context=(0.4,), time_boost=0.0, sentences=False),
+    "+ context ±2 (0.4, 0.2)": Tuning(text_weight=1.0, time_boost=0.0, sentences=False),
+    "+ text weight 1.5": Tuning(text_weight=1.5, time_boost=0.0, sentences=False),
+    "+ time boost 1.0 for when-questions": Tuning(text_weight=1.5, sentences=False),
+    "+ sentence vectors": Tuning(text_weight=1.5),
+    "+ text weight 1.0: default": DEFAULT_TUNING,
+    "text weight 0.75": Tuning(text_weight=0.75),
+    "text weight 1.25": Tuning(text_weight=1.25),
+    "text weight 2.0": Tuning(text_weight=2.0),
     "time boost 0.5": Tuning(time_boost=0.5),
     "time boost 2.0": Tuning(time_boost=2.0),
     "context ±3 (0.4, 0.2, 0.1)": Tuning(context=(0.4, 0.2, 0.1)),
     "context ±2 (0.3, 0.15)": Tuning(context=(0.3, 0.15)),
     "context ±2 (0.5, 0.25)": Tuning(context=(0.5, 0.25)),
+    "context after (0.5, 0.25), before (0.3, 0.15)": Tuning(context=(0.3, 0.15), context_after=(0.5, 0.25)),
     "context gap 0 s": Tuning(context_gap=0.0),
-    "text weight 2.0": Tuning(text_weight=2.0),
+    "lists 100 deep": Tuning(depth=100),
+    "lists 400 deep": Tuning(depth=400),
     "BM25 on words in <= 20% of turns": Tuning(max_df=0.2),
     "BM25 on words in <= 10% of turns": Tuning(max_df=0.1),
-    "BM25 on words in <= 5% of turns": Tuning(max_df=0.05),
 }
 TEXT_STYLES = ("speaker", "plain", "dated")
 _DIA = re.compile(r"D:?(\d+):(\d+)")
@@ -155,7 +162,7 @@ def rrf_search(
     """Top-k hits of the first hybrid search, built from the same vector index and FTS table as search()."""
     depth = max(k, baseline.depth)
     index.sync(store)
-    vector = index.nearest(query_vector, depth, user=user)
+    vector = index.nearest(query_vector, depth, user=user, sentences=baseline.sentences)
     text: list[tuple[int, float]] = []
     if match := fts_query(query):
         text = [

@@ -155,6 +155,16 @@ _MIGRATIONS: list[tuple[int, str, str]] = [
         END;
         """,
     ),
+    (
+        3,
+        "sentence vectors: a memory of several sentences is also found by its best one",
+        """
+        CREATE TABLE sentence_vectors (memory_id INTEGER PRIMARY KEY, embeddings BLOB NOT NULL);
+        CREATE TRIGGER memories_ad_sentences AFTER DELETE ON memories BEGIN
+            DELETE FROM sentence_vectors WHERE memory_id = old.id;
+        END;
+        """,
+    ),
 ]
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
@@ -170,7 +180,8 @@ class IndexRows:
 
     head: int  # the last history id
     changed: builtins.list[int] | None  # memories written since; None: rebuild from every memory
-    rows: builtins.list[tuple[int, str, float, bytes, str]]  # (id, user, at_ts, vector, text) of those still there
+    # (id, user, at_ts, vector, text, sentence vectors or None) of those still there
+    rows: builtins.list[tuple[int, str, float, bytes, str, bytes | None]]
     terms: builtins.list[builtins.list[str]] = field(default_factory=list)  # each row's FTS5 terms (not on rebuild)
     postings: builtins.list[tuple[str, str]] = field(default_factory=list)  # rebuild: (term, "id id ...")
 
@@ -184,6 +195,7 @@ class Change:
     memory_id: int | None = None
     text: str | None = None
     vector: bytes | None = None
+    sentences: bytes | None = None  # the vectors of its sentences, one after another; None for one sentence
     at: datetime | None = None
     at_ts: float | None = None
     metadata: dict[str, Any] | None = None
@@ -521,6 +533,7 @@ class Store:
                 change.metadata or {},
                 change.source_turns,
                 change.vector,
+                change.sentences,
             )
             self._history(conn, mid, change.user, "ADD", None, change.text, actor, turn_id, now)
             return self._get(conn, mid)
@@ -542,7 +555,8 @@ class Store:
                 ),
             )
             conn.execute("DELETE FROM vec_memories WHERE memory_id = ?", (current.id,))
-            self._insert_vector(conn, current.id, change.vector)
+            conn.execute("DELETE FROM sentence_vectors WHERE memory_id = ?", (current.id,))
+            self._insert_vector(conn, current.id, change.vector, change.sentences)
             self._history(conn, current.id, current.user, "UPDATE", current.text, change.text, actor, turn_id, now)
             return self._get(conn, current.id)
         if change.kind == "DELETE":
@@ -577,19 +591,24 @@ class Store:
         metadata: dict[str, Any],
         source_turns: builtins.list[int],
         vector: bytes | None,
+        sentences: bytes | None = None,
     ) -> int:
-        """The one INSERT of a memory, and of its vector (its FTS row follows by trigger); returns its id."""
+        """The one INSERT of a memory, and of its vectors (its FTS row follows by trigger); returns its id."""
         mid: int = conn.execute(
             "INSERT INTO memories (user_id, text, at, at_ts, created_at, updated_at, metadata, source_turns) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (user, text, at, at_ts, created_at, updated_at, json.dumps(metadata), json.dumps(source_turns)),
         ).fetchone()[0]
-        Store._insert_vector(conn, mid, vector)
+        Store._insert_vector(conn, mid, vector, sentences)
         return mid
 
     @staticmethod
-    def _insert_vector(conn: Any, mid: int, vector: bytes | None) -> None:
+    def _insert_vector(conn: Any, mid: int, vector: bytes | None, sentences: bytes | None) -> None:
         conn.execute("INSERT INTO vec_memories (memory_id, embedding) VALUES (?, ?)", (mid, vector))
+        if sentences is not None:
+            if not vector or not sentences or len(sentences) % len(vector):
+                raise InvalidInput("sentence vectors must be whole vectors of the memory vector's size")
+            conn.execute("INSERT INTO sentence_vectors (memory_id, embeddings) VALUES (?, ?)", (mid, sentences))
 
     @staticmethod
     def _insert_turn(
@@ -824,6 +843,7 @@ class Store:
                         m["metadata"],
                         sources,
                         m["vector"],
+                        m.get("sentences"),
                     )
                     memory_ids[m["id"]] = new
                     new_memories.add(key)
@@ -923,8 +943,11 @@ class Store:
                 return IndexRows(head, [], [])
             if seen < 0 or head < seen or head - seen > reload_over:
                 meta = {row[0]: row for row in conn.execute("SELECT id, user_id, at_ts, text FROM memories")}
+                sentences = dict(conn.execute("SELECT memory_id, embeddings FROM sentence_vectors"))
                 vectors = conn.execute("SELECT memory_id, embedding FROM vec_memories")
-                rows = [meta[mid][:3] + (blob, meta[mid][3]) for mid, blob in vectors if mid in meta]
+                rows = [
+                    meta[mid][:3] + (blob, meta[mid][3], sentences.get(mid)) for mid, blob in vectors if mid in meta
+                ]
                 self._fts_vocabulary(conn)
                 # FTS5 keeps each term's occurrences in memory id order: one string of ids per term
                 postings = conn.execute(f"SELECT term, group_concat(doc, ' ') FROM {_VOCABULARY} GROUP BY term")
@@ -935,8 +958,9 @@ class Store:
             ]
             marks = ",".join("?" * len(changed))
             rows = conn.execute(
-                f"SELECT m.id, m.user_id, m.at_ts, v.embedding, m.text FROM memories m "
-                f"JOIN vec_memories v ON v.memory_id = m.id WHERE m.id IN ({marks})",
+                f"SELECT m.id, m.user_id, m.at_ts, v.embedding, m.text, s.embeddings FROM memories m "
+                f"JOIN vec_memories v ON v.memory_id = m.id LEFT JOIN sentence_vectors s ON s.memory_id = m.id "
+                f"WHERE m.id IN ({marks})",
                 changed,
             ).fetchall()
             terms = self._terms(conn, [row[4] for row in rows])
@@ -1082,6 +1106,8 @@ class Store:
                 problems += [f"vector {m} has no memory" for m in sorted(vectors - memories.keys())][:20]
             elif memories:
                 problems.append(f"{len(memories)} memories but no vector table")
+            sentences = {r[0] for r in conn.execute("SELECT memory_id FROM sentence_vectors")}
+            problems += [f"sentence vectors {m} have no memory" for m in sorted(sentences - memories.keys())][:20]
             replayed = {}
             for mid, user, kind, after in conn.execute(
                 "SELECT h.memory_id, h.user_id, h.kind, h.after FROM history h "

@@ -107,15 +107,20 @@ def test_ops_naming_unshown_ids_are_dropped_never_applied(agent_bank, caplog) ->
     script = [
         {"facts": [{"event": "ADD", "fact": "Kim likes tea."}]},
         {"facts": [{"event": "ADD", "fact": "Kim has a cat."}]},
-        {
+        lambda messages: {
             "facts": [
                 {"event": "DELETE", "id": 57, "fact": ""},
                 {"event": "UPDATE", "id": 999, "fact": "hijack"},
-                {"event": "UPDATE", "id": 0, "fact": "Kim likes green tea."},
+                {"event": "UPDATE", "id": by_text(messages, "tea"), "fact": "Kim likes green tea."},
             ]
         },
     ]
-    mem = agent_bank(script)
+
+    def manager(messages):
+        step = script.pop(0)
+        return step(messages) if callable(step) else step
+
+    mem = agent_bank(manager)
     mem.observe("I like tea", speaker="Kim", user="kim")
     other = mem.add("bystander fact", user="someone-else")
     mem.observe("I have a cat", speaker="Kim", user="kim")

@@ -36,7 +36,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from .schema import Hit
-from .store import Store
+from .store import IndexRow, Store
 
 Mode = Literal["hybrid", "vector", "text"]
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -606,9 +606,7 @@ class TextIndex:
     def _columns(self) -> tuple[np.ndarray, ...]:
         return (self.ids, self.length, self.users, self.ts, self.live, self.timed_slots)
 
-    def rebuild(
-        self, rows: Sequence[tuple[int, str, float, bytes, str]], postings: Sequence[tuple[str, str]], code: Any
-    ) -> None:
+    def rebuild(self, rows: Sequence[IndexRow], postings: Sequence[tuple[str, str]], code: Any) -> None:
         """Hold exactly these memories, with FTS5's postings: (term, memory ids, one per occurrence)."""
         rows = sorted(rows, key=lambda row: row[0])
         self._terms, self._postings = {}, []
@@ -646,9 +644,7 @@ class TextIndex:
                 self._live_count -= 1
                 self._total_length -= self.length[slot]
 
-    def add(
-        self, rows: Sequence[tuple[int, str, float, bytes, str]], terms: Sequence[Sequence[str]], code: Any
-    ) -> None:
+    def add(self, rows: Sequence[IndexRow], terms: Sequence[Sequence[str]], code: Any) -> None:
         """Add memories, or replace those held (an update): each takes a new slot."""
         self.drop(row[0] for row in rows)
         self._grow(self._n + len(rows))

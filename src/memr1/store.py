@@ -174,14 +174,17 @@ _VOCABULARY = "temp.memr1_fts_memories_terms"
 _TOKENIZER = "memr1_tokenizer"  # in the temporary database
 
 
+# (id, user, at_ts, vector, text, sentence vectors or None) of a memory, as the in-memory index reads it
+IndexRow = tuple[int, str, float, bytes, str, bytes | None]
+
+
 @dataclass
 class IndexRows:
     """Store.vectors_past: what the in-memory index needs to catch up with the bank."""
 
     head: int  # the last history id
     changed: builtins.list[int] | None  # memories written since; None: rebuild from every memory
-    # (id, user, at_ts, vector, text, sentence vectors or None) of those still there
-    rows: builtins.list[tuple[int, str, float, bytes, str, bytes | None]]
+    rows: builtins.list[IndexRow]  # those still there
     terms: builtins.list[builtins.list[str]] = field(default_factory=list)  # each row's FTS5 terms (not on rebuild)
     postings: builtins.list[tuple[str, str]] = field(default_factory=list)  # rebuild: (term, "id id ...")
 

@@ -80,6 +80,8 @@ class Tuning:
 
 
 DEFAULT_TUNING = Tuning()
+# Raw turns have one vector each, no sentence vectors: their fusion keeps the BM25 weight that won without them.
+TURN_TUNING = Tuning(text_weight=1.5, sentences=False)
 
 
 class Scope(NamedTuple):
@@ -109,6 +111,17 @@ def _int16(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows as int16 and a scale each (a row's largest |value| / 32767): cosine within 1e-5 at 384-d."""
     scale = np.maximum(np.abs(matrix).max(axis=1, initial=0.0), 1e-30) / 32767
     return np.rint(matrix / scale[:, None]).astype(np.int16), scale.astype(np.float32)
+
+
+def _cosines(vecs: np.ndarray, scale: np.ndarray, at: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """The query's cosine with int16 rows `at`. numpy converts float16 to float32 one value at a time, so int16
+    with a scale per row is 4-5x faster to re-score than float16, as compact, and more exact; gathered and
+    converted 256 rows at a time, the float32 copy stays in cache (measured 15% faster at 2,000 rows)."""
+    sims = np.empty(len(at), np.float32)
+    for start in range(0, len(at), 256):
+        part = at[start : start + 256]
+        sims[start : start + 256] = np.take(vecs, part, axis=0).astype(np.float32) @ query
+    return sims * scale[at]
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -157,9 +170,9 @@ class _Sentences:
 
     def best(self, starts: np.ndarray, counts: np.ndarray, query: np.ndarray) -> np.ndarray:
         """Each memory's best sentence cosine (every count > 0)."""
-        at = _ranges(starts, counts)
-        sims = (np.take(self.vecs, at, axis=0).astype(np.float32) @ query) * self.scale[at]
-        return np.maximum.reduceat(sims, np.cumsum(counts) - counts)
+        return np.maximum.reduceat(
+            _cosines(self.vecs, self.scale, _ranges(starts, counts), query), np.cumsum(counts) - counts
+        )
 
     def _resize(self, capacity: int) -> None:
         vecs, scale = np.empty((capacity, self.dim), np.int16), np.empty(capacity, np.float32)
@@ -437,11 +450,8 @@ class VectorIndex:
                 if len(keep) > 2 * want:  # a crowd of ties at the cut-off
                     keep = keep[np.argpartition(distance[keep], want)[:want]]
                 rows = rows[keep]
-            # int16 with a scale per row: as compact as float16 and more exact (cosine within 1e-5), and 4-5x
-            # faster to re-score here, where numpy converts float16 to float32 one value at a time
-            # np.take gathers rows faster than fancy indexing
             query = query.astype(np.float32)
-            sims = (np.take(r.vecs, rows, axis=0).astype(np.float32) @ query) * r.scale[rows]
+            sims = _cosines(r.vecs, r.scale, rows, query)
             several = np.flatnonzero(r.sent_n[rows]) if sentences else ()
             if len(several):  # a memory scores as the best of its own vector and its sentences'
                 best = self._sentences.best(r.sent_at[rows[several]], r.sent_n[rows[several]], query)
@@ -586,6 +596,8 @@ class TextIndex:
         self._alloc(0)
         self._live_count = 0
         self._total_length = 0.0
+        self._version = 0  # counts the writes followed: a remembered scope holds until the next one
+        self._last_mask: tuple[tuple[Any, ...], tuple[np.ndarray | None, int]] | None = None
 
     def _alloc(self, capacity: int) -> None:
         self.ids = np.zeros(capacity, np.int64)
@@ -608,6 +620,7 @@ class TextIndex:
 
     def rebuild(self, rows: Sequence[IndexRow], postings: Sequence[tuple[str, str]], code: Any) -> None:
         """Hold exactly these memories, with FTS5's postings: (term, memory ids, one per occurrence)."""
+        self._version += 1
         rows = sorted(rows, key=lambda row: row[0])
         self._terms, self._postings = {}, []
         self._n = len(rows)
@@ -637,6 +650,7 @@ class TextIndex:
         self._total_length = float(self.length[: self._n].sum())
 
     def drop(self, ids: Iterable[int]) -> None:
+        self._version += 1
         for mid in ids:
             slot = self._slot_of.pop(mid, None)
             if slot is not None:
@@ -646,6 +660,7 @@ class TextIndex:
 
     def add(self, rows: Sequence[IndexRow], terms: Sequence[Sequence[str]], code: Any) -> None:
         """Add memories, or replace those held (an update): each takes a new slot."""
+        self._version += 1
         self.drop(row[0] for row in rows)
         self._grow(self._n + len(rows))
         for row, words in zip(rows, terms, strict=True):
@@ -722,8 +737,8 @@ class TextIndex:
         idf = [max(float(np.log((total - len(s) + 0.5) / (len(s) + 0.5))), 1e-6) for s, _ in found]
         # the most a term can add to one memory's score: tf / (tf + norm) < 1
         reach = np.cumsum([i * (self.K1 + 1) for i in idf][::-1])[::-1].tolist() + [0.0]
-        inside = self._scope_mask(user, scope)
-        if inside is not None and np.count_nonzero(inside) * len(found) * 8 < sum(len(s) for s, _ in found):
+        inside, size = self._scope_mask(user, scope)
+        if inside is not None and size * len(found) * 8 < sum(len(s) for s, _ in found):
             scoped = np.flatnonzero(inside)
             return self._best(scoped, self._lookup(scoped, found, idf, 0), n)
         taken = 0  # postings in found[:j]
@@ -747,10 +762,14 @@ class TextIndex:
         held = held if inside is None else held[inside[held]]
         return self._best(held, scores[held], n)
 
-    def _scope_mask(self, user: int | None, scope: Scope) -> np.ndarray | None:
-        """Which slots are live and within the scope; None for every live slot."""
+    def _scope_mask(self, user: int | None, scope: Scope) -> tuple[np.ndarray | None, int]:
+        """Which slots are live and within the scope, and how many: (None, count) when that is every live slot.
+        The last one is remembered until the next write (a user's searches come in runs)."""
         if user is None and scope.since is None and scope.until is None and scope.allowed is None:
-            return None
+            return None, self._live_count
+        key = (user, scope.since, scope.until, self._version)
+        if scope.allowed is None and self._last_mask is not None and self._last_mask[0] == key:
+            return self._last_mask[1]
         n = self._n
         mask = self.live[:n].copy()
         if user is not None:
@@ -761,7 +780,11 @@ class TextIndex:
             mask &= self.ts[:n] <= scope.until
         if scope.allowed is not None:
             mask &= np.isin(self.ids[:n], scope.allowed)
-        return mask
+        count = int(np.count_nonzero(mask))
+        out = (None if count == self._live_count else mask, count)
+        if scope.allowed is None:
+            self._last_mask = (key, out)
+        return out
 
     def _weights(self, slots: np.ndarray, counts: np.ndarray, idf: float) -> np.ndarray:
         """bm25()'s term weight for each (slot, count) posting."""
@@ -1011,7 +1034,7 @@ def search_turns(
     *,
     k: int,
     user: str,
-    tuning: Tuning = DEFAULT_TUNING,
+    tuning: Tuning = TURN_TUNING,
 ) -> list[tuple[int, float]]:
     """Top-k (turn id, score) by the fusion memories use: vectors and BM25, a time boost for "when"
     questions, and a share of the score for the turns said just before and after in the same session."""

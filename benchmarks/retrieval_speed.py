@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     sentences = data[:, None, :] + rng.normal(size=(args.n, args.sentences, args.dim)).astype(np.float32) / np.sqrt(
         args.dim
     )
-    sentences /= np.linalg.norm(sentences, axis=2, keepdims=True)
+    sentences = (sentences / np.linalg.norm(sentences, axis=2, keepdims=True)).astype(np.float32)
     picks = rng.integers(0, args.n, args.queries)
     queries = data[picks] + 0.05 * rng.normal(size=(args.queries, args.dim)).astype(np.float32)
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)

@@ -31,6 +31,15 @@ def sentence_counts(mem: Memory) -> dict[int, int]:
     return {mid: size // (4 * dim) for mid, size in rows}
 
 
+def brute_force(mem: Memory, query: np.ndarray) -> list[tuple[int, float]]:
+    """Every memory's best cosine, of its own vector's and its sentences', from the bank itself."""
+    dim, out = mem.embedder.dim, []
+    for mid, _, _, vector, _, sentences in mem.store.vectors_past(-1, reload_over=0).rows:
+        vecs = np.frombuffer(vector + (sentences or b""), np.float32).reshape(-1, dim)
+        out.append((mid, float((vecs @ query / np.linalg.norm(vecs, axis=1) / np.linalg.norm(query)).max())))
+    return sorted(out, key=lambda x: -x[1])
+
+
 def test_sentences_of_a_memory() -> None:
     assert sentences("Caroline: I went hiking. My son loves it! [shares a photo: a trail]") == [
         "Caroline: I went hiking.",
@@ -77,8 +86,9 @@ def test_every_write_keeps_sentence_vectors_with_their_memory(mem: Memory, tmp_p
 def test_sentence_vectors_must_match_the_memory_vector(mem: Memory) -> None:
     mem.add("seed", user="u")  # binds the embedder, creating the vector table
     vector = np.ones(mem.embedder.dim, np.float32).tobytes()
-    for bad in (b"", vector[:-4], vector + b"\0\0"):
-        with pytest.raises(InvalidInput, match="sentence vectors"):
+    nan = np.full(mem.embedder.dim, np.nan, np.float32).tobytes()
+    for bad in (b"", vector[:-4], vector + b"\0\0", nan):
+        with pytest.raises(InvalidInput, match="sentence vectors must be"):
             mem.store.apply([Change("ADD", "u", text="x. y.", vector=vector, sentences=bad, at_ts=0.0)], actor="t")
     assert [m.text for m in mem.list(user="u")] == ["seed"]  # nothing of the refused write stayed
 
@@ -104,6 +114,8 @@ def test_the_index_follows_sentence_writes_as_a_fresh_one_reads_them(mem: Memory
             got, want = index.nearest(q, 20, user="u"), fresh.nearest(q, 20, user="u")
             assert [m for m, _ in got] == [m for m, _ in want], round_
             assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-6)
+            exact = brute_force(mem, q)
+            assert np.allclose([s for _, s in got], [s for _, s in exact[:20]], atol=1e-4)  # int16 is that exact
     assert index.rebuilds == 1 and index._sentences.used < 2 * index._sentences.live  # compacted on the way
 
 

@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import sqlite_vec
 
 from .config import DEFAULT_BUSY_TIMEOUT, check_busy_timeout
@@ -611,6 +612,8 @@ class Store:
         if sentences is not None:
             if not vector or not sentences or len(sentences) % len(vector):
                 raise InvalidInput("sentence vectors must be whole vectors of the memory vector's size")
+            if not np.isfinite(np.frombuffer(sentences, np.float32)).all():  # float64 read as float32, say
+                raise InvalidInput("sentence vectors must be float32 numbers")
             conn.execute("INSERT INTO sentence_vectors (memory_id, embeddings) VALUES (?, ?)", (mid, sentences))
 
     @staticmethod

@@ -598,6 +598,7 @@ class TextIndex:
         self._total_length = 0.0
         self._version = 0  # counts the writes followed: a remembered scope holds until the next one
         self._last_mask: tuple[tuple[Any, ...], tuple[np.ndarray | None, int]] | None = None
+        self._dead_slots: tuple[int, np.ndarray] | None = None  # (version, the dead slots then)
 
     def _alloc(self, capacity: int) -> None:
         self.ids = np.zeros(capacity, np.int64)
@@ -728,19 +729,22 @@ class TextIndex:
         if not self._live_count or n < 1:
             return []
         total = self._live_count
-        found = [f for phrase in phrases if (f := self._phrase(phrase)) is not None]
+        phrased = [f for phrase in phrases if (f := self._phrase(phrase)) is not None]
         if max_df < 1.0:
-            found = [f for f in found if len(f[0]) <= max_df * total] or found
-        if not found:
+            phrased = [f for f in phrased if f[2] <= max_df * total] or phrased
+        if not phrased:
             return []
-        found.sort(key=lambda f: len(f[0]))  # rarest first
-        idf = [max(float(np.log((total - len(s) + 0.5) / (len(s) + 0.5))), 1e-6) for s, _ in found]
+        phrased.sort(key=lambda f: f[2])  # rarest first
+        idf = [max(float(np.log((total - df + 0.5) / (df + 0.5))), 1e-6) for _, _, df in phrased]
+        found = [(slots, counts) for slots, counts, _ in phrased]
         # the most a term can add to one memory's score: tf / (tf + norm) < 1
         reach = np.cumsum([i * (self.K1 + 1) for i in idf][::-1])[::-1].tolist() + [0.0]
         inside, size = self._scope_mask(user, scope)
         if inside is not None and size * len(found) * 8 < sum(len(s) for s, _ in found):
             scoped = np.flatnonzero(inside)
             return self._best(scoped, self._lookup(scoped, found, idf, 0), n)
+        if inside is None and self._live_count < self._n:  # dead slots are still in the postings
+            inside = self.live[: self._n]
         taken = 0  # postings in found[:j]
         for j in range(1, len(found)):
             taken += len(found[j - 1][0])
@@ -818,9 +822,11 @@ class TextIndex:
         order = np.lexsort((ids, -scores))
         return list(zip(ids[order].tolist(), scores[order].tolist()))
 
-    def _phrase(self, terms: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
-        """The live slots holding a phrase, and how often. A word that FTS5 splits ("a_b") is a phrase of
-        several terms; without positions, a slot holding all of them counts, as often as its rarest."""
+    def _phrase(self, terms: Sequence[str]) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """The slots holding a phrase, how often, and how many of them are live (its document frequency). A word
+        that FTS5 splits ("a_b") is a phrase of several terms; without positions, a slot holding all of them
+        counts, as often as its rarest. Dead slots stay in (a search drops them from what it found): filtering
+        the long lists of common words after every delete cost more than the rest of a search."""
         slots: np.ndarray | None = None
         counts: np.ndarray | None = None
         for term in terms:
@@ -828,17 +834,27 @@ class TextIndex:
             if term_id is None:
                 return None
             s, c = self._chunk(term_id)
-            if self._live_count < self._n:  # dead slots wait in the postings for the next compaction
-                alive = self.live[s]
-                s, c = s[alive], c[alive]
             if slots is None or counts is None:
                 slots, counts = s, c
             else:
                 both, here, there = np.intersect1d(slots, s, assume_unique=True, return_indices=True)
                 slots, counts = both.astype(np.int32), np.minimum(counts[here], c[there])
-        if slots is None or counts is None or not len(slots):
+        if slots is None or counts is None:
             return None
-        return slots, counts
+        df = len(slots) - self._dead_among(slots)
+        return (slots, counts, df) if df else None
+
+    def _dead_among(self, slots: np.ndarray) -> int:
+        """How many of these (ascending) slots are dead."""
+        if self._live_count == self._n:
+            return 0
+        if self._dead_slots is None or self._dead_slots[0] != self._version:
+            self._dead_slots = (self._version, np.flatnonzero(~self.live[: self._n]))
+        dead = self._dead_slots[1]
+        if len(dead) * 16 > len(slots):  # as many dead as the list is long: count them in it
+            return len(slots) - int(np.count_nonzero(self.live[slots]))
+        at = np.minimum(np.searchsorted(slots, dead), len(slots) - 1)
+        return int(np.count_nonzero(slots[at] == dead))
 
     def timed(self, ids: Iterable[int]) -> dict[int, bool]:
         return {mid: bool(self.timed_slots[slot]) for mid in ids if (slot := self._slot_of.get(mid)) is not None}

@@ -34,8 +34,8 @@ def sentence_counts(mem: Memory) -> dict[int, int]:
 def brute_force(mem: Memory, query: np.ndarray) -> list[tuple[int, float]]:
     """Every memory's best cosine, of its own vector's and its sentences', from the bank itself."""
     dim, out = mem.embedder.dim, []
-    for mid, _, _, vector, _, sentences in mem.store.vectors_past(-1, reload_over=0).rows:
-        vecs = np.frombuffer(vector + (sentences or b""), np.float32).reshape(-1, dim)
+    for mid, _, _, vector, _, split in mem.store.vectors_past(-1, reload_over=0).rows:
+        vecs = np.frombuffer(vector + (split or b""), np.float32).reshape(-1, dim)
         out.append((mid, float((vecs @ query / np.linalg.norm(vecs, axis=1) / np.linalg.norm(query)).max())))
     return sorted(out, key=lambda x: -x[1])
 

@@ -188,8 +188,8 @@ class VectorIndex:
     dead. Copying 100k vectors on every write made a search right after a write 6× slower (issue 12).
 
     A memory of several sentences also has a vector per sentence, and scores as the best of its own cosine
-    and theirs: "I went hiking. My son loves it." should be found by a question about the son (+3 points of
-    R@10 on LoCoMo's train and val conversations). The bit pass reads only the memories' own vectors; the
+    and theirs: "I went hiking. My son loves it." should be found by a question about the son (with BM25's
+    weight retuned, +3 points of R@10 on LoCoMo's train and val conversations). The bit pass reads only the memories' own vectors; the
     sentences are read for the candidates it keeps (every memory of a scope below `exact_below`).
     """
 

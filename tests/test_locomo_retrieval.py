@@ -150,7 +150,7 @@ def test_report_on_a_hand_checkable_bank(
         "reachable": 1.0,
     }
     for group in report["results"].values():
-        assert list(group) == ["vector", "text", "hybrid-rrf", "hybrid"]
+        assert list(group) == ["vector", "text", "hybrid-rrf", "hybrid", "turns"]
         for mode, block in group.items():
             r = block["recall"]
             assert 0.0 <= r["1"] <= r["2"] <= r["6"] == 1.0, (mode, r)  # k = every memory: all evidence found

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memr1 import Memory
+from memr1 import Memory, retrieval
 from memr1.errors import InvalidInput
 from memr1.prompts import ManagerPlan, PlannedOp
 from memr1.retrieval import VectorIndex, sentences
@@ -25,10 +25,10 @@ from .test_retrieval import WordsEmbedder
 TWO = "river weather rain garden book. chess club"  # its second sentence is all a chess question asks
 
 
-def sentence_counts(mem: Memory) -> dict[int, int]:
+def sentence_counts(mem: Memory, table: str = "sentence_vectors") -> dict[int, int]:
     dim = mem.embedder.dim
-    rows = mem.store.query("SELECT memory_id, length(embeddings) FROM sentence_vectors")
-    return {mid: size // (4 * dim) for mid, size in rows}
+    rows = mem.store.query(f"SELECT * FROM {table}")
+    return {key: len(blob) // (4 * dim) for key, blob in rows}
 
 
 def brute_force(mem: Memory, query: np.ndarray) -> list[tuple[int, float]]:
@@ -73,6 +73,7 @@ def test_every_write_keeps_sentence_vectors_with_their_memory(mem: Memory, tmp_p
     plan = ManagerPlan([PlannedOp("ADD", None, "Mel adopted a dog. The dog is named Scout.")])
     added = [op for op in mem.apply(plan, turn) if op.kind == "ADD"][0]
     assert sentence_counts(mem)[added.memory_id] == 2
+    assert list(sentence_counts(mem, "turn_sentence_vectors").values()) == [2]  # the turn's own, for ask
     mem.delete(a.id)
     assert a.id not in sentence_counts(mem) and mem.check() == []
     mem.export(tmp_path / "u.jsonl", user="u")
@@ -80,7 +81,7 @@ def test_every_write_keeps_sentence_vectors_with_their_memory(mem: Memory, tmp_p
         copy.import_jsonl(tmp_path / "u.jsonl")
         assert sorted(sentence_counts(copy).values()) == [2, 2]  # re-embedded, sentences too
     mem.forget("u")
-    assert sentence_counts(mem) == {} and mem.check() == []
+    assert sentence_counts(mem) == {} == sentence_counts(mem, "turn_sentence_vectors") and mem.check() == []
 
 
 def test_sentence_vectors_must_match_the_memory_vector(mem: Memory) -> None:
@@ -125,9 +126,26 @@ def test_an_old_bank_gains_sentence_vectors(bank: Path, tiny_embedder: Path) -> 
     with sqlite3.connect(bank) as conn:  # back to schema 2: as if written before migration 3
         conn.execute("DROP TRIGGER memories_ad_sentences")
         conn.execute("DROP TABLE sentence_vectors")
+        conn.execute("DROP TRIGGER turns_ad_sentences")
+        conn.execute("DROP TABLE turn_sentence_vectors")
         conn.execute("DELETE FROM migrations WHERE version = 3")
     assert _MIGRATIONS[-1][0] == 3 and "sentence_vectors" in _statements(_MIGRATIONS[-1][2])[0]
     with Memory(bank, embedder=tiny_embedder) as mem:
         assert [h.memory.id for h in mem.search("Written before", user="u")] == [old.id]  # its own vector
         new = mem.add("Written after. By this one.", user="u")
         assert sentence_counts(mem) == {new.id: 2} and mem.check() == []
+
+
+def test_a_raw_turn_is_found_by_its_best_sentence(bank: Path) -> None:
+    """ask's default source is the raw turns: they are scored by their sentences too."""
+    with Memory(bank, embedder=WordsEmbedder()) as mem:
+        for text in (TWO, "chess club purple sneakers nice"):
+            mem.apply(ManagerPlan(), Turn(text=text, user="u"))
+        mem.vector_index()  # binds the embedder and makes the turn index
+        turns = mem._turns.rows(mem.store, "u")
+        query = mem.embedder.embed(["chess club"])[0]
+        best = turns.cosines(query)
+        assert best[0] == pytest.approx(1.0, abs=1e-6) and best[1] < 0.9
+        assert (turns.vecs @ query)[0] < (turns.vecs @ query)[1]  # without sentences, the other turn
+        ranked = retrieval.search_turns(mem.store, mem._turns, query, "chess club", k=2, user="u")
+        assert [tid for tid, _ in ranked] == turns.ids.tolist()

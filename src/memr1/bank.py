@@ -161,19 +161,15 @@ class Bank:
             self.vector_index()
         return embed_texts(self.embedder, texts, query=query)
 
-    def _memory_vectors(
-        self, texts: builtins.list[str], *, lead: Sequence[str] = ()
-    ) -> tuple[np.ndarray, builtins.list[tuple[bytes, bytes | None]]]:
-        """Each memory text's vector and its sentences' (None for one sentence), embedded in one batch after
-        `lead` (another text, such as the turn): (lead's vectors, [(vector, sentence vectors)])."""
+    def _memory_vectors(self, texts: builtins.list[str]) -> builtins.list[tuple[bytes, bytes | None]]:
+        """Each text's vector and its sentences' (None for one sentence), embedded in one batch."""
         split = [retrieval.sentences(t) for t in texts]
-        vectors = self._embed([*lead, *texts, *(s for parts in split for s in parts)])
-        whole, rest = vectors[len(lead) : len(lead) + len(texts)], vectors[len(lead) + len(texts) :]
-        out, at = [], 0
-        for vector, parts in zip(whole, split):
-            out.append((vector.tobytes(), rest[at : at + len(parts)].tobytes() if parts else None))
+        vectors = self._embed([*texts, *(s for parts in split for s in parts)])
+        out, at = [], len(texts)
+        for vector, parts in zip(vectors, split):
+            out.append((vector.tobytes(), vectors[at : at + len(parts)].tobytes() if parts else None))
             at += len(parts)
-        return vectors[: len(lead)], out
+        return out
 
     # ---- writes ----
 
@@ -187,7 +183,7 @@ class Bank:
     ) -> MemoryItem:
         """Store one memory verbatim (no LLM); see `observe` for the Memory Manager."""
         text, user, moment, metadata = check_text(text), check_user(user), parse_time(at), check_metadata(metadata)
-        (vector, sentences) = self._memory_vectors([text])[1][0]
+        (vector, sentences) = self._memory_vectors([text])[0]
         change = Change(
             "ADD",
             user,
@@ -216,7 +212,7 @@ class Bank:
         user = check_user(user) if user is not None else None
         moment = parse_time(at)
         current = self.store.get(memory_id, user)  # fail fast, before the embedding work
-        (vector, sentences) = self._memory_vectors([text])[1][0]
+        (vector, sentences) = self._memory_vectors([text])[0]
         change = Change(
             "UPDATE",
             current.user,
@@ -401,7 +397,7 @@ class Bank:
         held = self.store.held_memories({m["user"] for m in memories}) if memories else set()
         todo = [m for m in memories if memory_key(m) not in held]  # the transaction decides again, with no model
         if todo:
-            for m, (vector, sentences) in zip(todo, self._memory_vectors([m["text"] for m in todo])[1]):
+            for m, (vector, sentences) in zip(todo, self._memory_vectors([m["text"] for m in todo])):
                 m["vector"], m["sentences"] = vector, sentences
         return self.store.import_rows(sections)
 
@@ -466,7 +462,7 @@ class Bank:
                 raise InvalidInput(f"the plan {op.kind}s memory {op.memory_id}, which it was not decided on (shown=)")
             if op.memory_id is not None and seen[op.memory_id].user != user:
                 raise InvalidInput(f"the plan {op.kind}s memory {op.memory_id}, which is not {user!r}'s")
-        row = {
+        row: dict[str, Any] = {
             "user": user,
             "text": text,
             "speaker": check_label(turn.speaker, "speaker"),
@@ -475,10 +471,10 @@ class Bank:
             "metadata": check_metadata(turn.metadata),
         }
         new_texts = [op.text for op in plan.ops if op.kind in ("ADD", "UPDATE")]
-        turn_vector, written = self._memory_vectors(new_texts, lead=[turn_line(turn.speaker, text)])
-        row["vector"] = turn_vector[0].tobytes()  # the turn's own, for ask(sources="turns")
+        # the turn's own vectors first, for ask(sources="turns")
+        vectors = iter(self._memory_vectors([turn_line(turn.speaker, text), *new_texts]))
+        row["vector"], row["sentences"] = next(vectors)
         moment = timestamp(turn.at or utcnow())
-        vectors = iter(written)
         changes = [
             Change(
                 op.kind,

@@ -15,7 +15,9 @@ leniently and counted in the report: "D8:6; D9:17" is two ids, "D:11:26" is D11:
 D30:5. Ids naming no turn of the conversation are dropped, and a question left with no evidence
 is skipped.
 
-Modes: `vector` and `text` (BM25) are one list alone; `hybrid` is `Memory.search()` as shipped;
+Modes: `vector` and `text` (BM25) are one list alone; `hybrid` is `Memory.search()` as shipped; `turns` is
+what `Memory.ask` searches by default: the same turns stored as raw turns (as `observe` stores them, with no
+memory written), searched by `retrieval.search_turns`;
 `hybrid-rrf` is hybrid search as memr1 first shipped it (reciprocal-rank fusion of two 50-deep
 lists), the baseline; it is defined here, not in memr1.retrieval, as only this comparison runs it.
 `--ablation` adds the steps between the two, run through the retrieval layer on the same bank.
@@ -48,16 +50,18 @@ from . import datasets
 from .embedding import DEFAULT_EMBEDDER as MEMR1_EMBEDDER
 from .embedding import Embedder, LlamaEmbedder, embed_texts
 from .memory import Memory, turn_line
-from .retrieval import DEFAULT_TUNING, Fused, Tuning, VectorIndex, fts_query, top_hits
+from .prompts import ManagerPlan
+from .retrieval import DEFAULT_TUNING, Fused, Tuning, VectorIndex, fts_query, search_turns, top_hits
 from .retrieval import search as retrieval_search
 from .schema import Hit
+from .schema import Turn as MemoryTurn
 from .scoring import CATEGORIES
 from .store import Store
 
 MINILM = datasets.SHARED / "models" / "all-MiniLM-L6-v2-f16.gguf" if datasets.SHARED else None
 # the MiniLM GGUF beside a clone (RESULTS.md's figures), else memr1's default embedder
 DEFAULT_EMBEDDER = str(MINILM) if MINILM and MINILM.exists() else MEMR1_EMBEDDER
-MODES = ("vector", "text", "hybrid-rrf", "hybrid")
+MODES = ("vector", "text", "hybrid-rrf", "hybrid", "turns")
 RRF_K = 60  # the constant from Cormack et al.; robust across collections
 
 
@@ -298,6 +302,7 @@ class Conversation:
     questions: list[Question]
     evidence: EvidenceCount = field(default_factory=EvidenceCount)
     reachable: float = 0.0  # share of evidence ids that some stored memory cites
+    turns: list[datasets.Turn] = field(default_factory=list)  # the raw turns, for the `turns` mode
 
 
 def conversations(
@@ -320,7 +325,7 @@ def conversations(
             continue
         kept = [t for t in datasets.locomo_turns(sample) if sessions is None or t.session <= sessions]
         known = {t.dia_id for t in kept}
-        conv = Conversation(sid, entries(sample, source, style, sessions), [])
+        conv = Conversation(sid, entries(sample, source, style, sessions), [], turns=kept)
         for qa in datasets.locomo_questions([sample]):
             evidence, count = evidence_of(qa.evidence, known)
             if sessions is not None and count.unknown:  # partly outside the sessions kept: skip it whole
@@ -338,13 +343,25 @@ def conversations(
 # ---- running ----
 
 
-def build_bank(path: Path, conv: Conversation, embedder: Embedder) -> Memory:
+def build_bank(path: Path, conv: Conversation, embedder: Embedder, *, turns: bool = False) -> Memory:
+    """The conversation's entries as memories; with `turns`, its raw turns too, each stored as observe stores
+    a turn when the Memory Manager writes nothing."""
     mem = Memory(path, embedder=embedder)
     for entry in conv.entries:
         meta: dict[str, Any] = {"dia_id": entry.dia_ids[0] if entry.dia_ids else None}
         if len(entry.dia_ids) > 1:
             meta["dia_ids"] = entry.dia_ids
         mem.add(entry.text, user=conv.sample_id, at=entry.at, metadata=meta)
+    for t in conv.turns if turns else ():
+        said = MemoryTurn(
+            text=t.text,
+            speaker=t.speaker,
+            at=t.at,
+            session=str(t.session),
+            user=conv.sample_id,
+            metadata={"dia_id": t.dia_id},
+        )
+        mem.apply(ManagerPlan(), said)
     return mem
 
 
@@ -360,6 +377,14 @@ def run_mode(mem: Memory, conv: Conversation, mode: str, k: int) -> list[tuple[l
     tuning = PlainRRF() if mode == "hybrid-rrf" else ABLATION.get(mode)
     for q in conv.questions:
         start = time.perf_counter()
+        if mode == "turns":  # what ask(sources="turns") ranks
+            vector = embed_texts(mem.embedder, [q.text], query=True)[0]
+            mem.vector_index()  # makes the turn index too
+            assert mem._turns is not None
+            ranked = search_turns(mem.store, mem._turns, vector, q.text, k=k, user=conv.sample_id)
+            said = mem.store.get_turns([tid for tid, _ in ranked])
+            out.append(([[said[tid].metadata["dia_id"]] for tid, _ in ranked], time.perf_counter() - start))
+            continue
         if tuning is None:
             hits = mem.search(q.text, k, user=conv.sample_id, mode=mode)  # type: ignore[arg-type]
         else:  # the same index and FTS table, the same bank, other settings
@@ -421,7 +446,7 @@ def evaluate(
     build_s = 0.0
     for conv in tqdm(convs, desc="conversations", unit="conv", disable=not progress, file=sys.stderr):
         start = time.perf_counter()
-        mem = build_bank(workdir / f"{conv.sample_id}.db", conv, embedder)
+        mem = build_bank(workdir / f"{conv.sample_id}.db", conv, embedder, turns="turns" in modes)
         build_s += time.perf_counter() - start
         try:
             for mode in modes:

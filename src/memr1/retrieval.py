@@ -80,8 +80,6 @@ class Tuning:
 
 
 DEFAULT_TUNING = Tuning()
-# Raw turns have one vector each, no sentence vectors: their fusion keeps the BM25 weight that won without them.
-TURN_TUNING = Tuning(text_weight=1.5, sentences=False)
 
 
 class Scope(NamedTuple):
@@ -988,7 +986,8 @@ def top_hits(
 
 
 class _Turns:
-    """One user's turn vectors, in id order, with spare rows for the next turns."""
+    """One user's turn vectors, in id order, with spare rows for the next turns; and the sentence vectors of
+    turns of several sentences, in an arena the turns point into (turns are never updated, so it only grows)."""
 
     def __init__(self, dim: int) -> None:
         self.state = (0, 0)  # (count, last id) of the user's turns in the snapshot last read
@@ -996,23 +995,59 @@ class _Turns:
         self.ids = np.empty(0, np.int64)
         self.sessions = np.empty(0, object)
         self.vecs = np.empty((0, dim), np.float32)
+        self.sent_at = np.empty(0, np.int64)
+        self.sent_n = np.empty(0, np.int32)
+        self.sentences = np.empty((0, dim), np.float32)
+        self.used = 0
 
-    def extend(self, count: int, fresh: Sequence[tuple[int, str | None, bytes | None]]) -> None:
+    def extend(self, count: int, fresh: Sequence[tuple[int, str | None, bytes | None, bytes | None]]) -> None:
         self.state = (count, fresh[-1][0] if fresh else self.state[1])
         fresh = [row for row in fresh if row[2] is not None]
         start, end = self.n, self.n + len(fresh)
+        dim = self.vecs.shape[1]
         if end > len(self.ids):  # grown by half: each vector is copied O(1) times on average
             size = max(end, len(self.ids) * 3 // 2, 64)
             self.ids, self.sessions, self.vecs = (
                 np.resize(self.ids, size),
                 np.resize(self.sessions, size),
-                np.resize(self.vecs, (size, self.vecs.shape[1])),
+                np.resize(self.vecs, (size, dim)),
             )
+            self.sent_at, self.sent_n = np.resize(self.sent_at, size), np.resize(self.sent_n, size)
         self.ids[start:end] = [row[0] for row in fresh]
         self.sessions[start:end] = [row[1] for row in fresh]
         vecs = np.frombuffer(b"".join(row[2] or b"" for row in fresh), np.float32)
-        self.vecs[start:end] = vecs.reshape(end - start, self.vecs.shape[1])
+        self.vecs[start:end] = vecs.reshape(end - start, dim)
+        counts = np.asarray([len(row[3]) // (4 * dim) if row[3] else 0 for row in fresh], np.int64)
+        total = int(counts.sum())
+        if self.used + total > len(self.sentences):
+            self.sentences = np.resize(self.sentences, (max(self.used + total, len(self.sentences) * 3 // 2, 64), dim))
+        self.sentences[self.used : self.used + total] = np.frombuffer(
+            b"".join(row[3] or b"" for row in fresh), np.float32
+        ).reshape(total, dim)
+        self.sent_at[start:end], self.sent_n[start:end] = self.used + np.cumsum(counts) - counts, counts
+        self.used += total
         self.n = end
+
+
+class TurnRows(NamedTuple):
+    """A user's turns that have a vector, as TurnIndex holds them: views that later appends do not change."""
+
+    ids: np.ndarray
+    sessions: np.ndarray
+    vecs: np.ndarray  # float32 unit vectors
+    sent_at: np.ndarray  # where each turn's sentence vectors start in `sentences`
+    sent_n: np.ndarray  # how many it has (0: a turn of one sentence)
+    sentences: np.ndarray
+
+    def cosines(self, query: np.ndarray) -> np.ndarray:
+        """Each turn's cosine: the best of its own vector's and its sentences'."""
+        sims = self.vecs @ query
+        several = np.flatnonzero(self.sent_n)
+        if len(several):
+            starts, counts = self.sent_at[several], self.sent_n[several]
+            by_sentence = self.sentences[_ranges(starts, counts)] @ query
+            sims[several] = np.maximum(sims[several], np.maximum.reduceat(by_sentence, np.cumsum(counts) - counts))
+        return sims
 
 
 class TurnIndex:
@@ -1025,8 +1060,8 @@ class TurnIndex:
         self.lock = threading.Lock()
         self._users: dict[str, _Turns] = {}
 
-    def rows(self, store: Store, user: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(turn ids, sessions, unit vectors) of the user's turns that have a vector."""
+    def rows(self, store: Store, user: str) -> TurnRows:
+        """The user's turns that have a vector."""
         state = store.turn_state(user)
         with self.lock:
             held = self._users.get(user)
@@ -1039,7 +1074,14 @@ class TurnIndex:
                     held = self._users[user] = _Turns(self.dim)
                 held.extend(count, fresh)
             n = held.n  # views: later appends only write past them
-            return held.ids[:n], held.sessions[:n], held.vecs[:n]
+            return TurnRows(
+                held.ids[:n],
+                held.sessions[:n],
+                held.vecs[:n],
+                held.sent_at[:n],
+                held.sent_n[:n],
+                held.sentences[: held.used],
+            )
 
 
 def search_turns(
@@ -1050,15 +1092,18 @@ def search_turns(
     *,
     k: int,
     user: str,
-    tuning: Tuning = TURN_TUNING,
+    tuning: Tuning = DEFAULT_TUNING,
 ) -> list[tuple[int, float]]:
-    """Top-k (turn id, score) by the fusion memories use: vectors and BM25, a time boost for "when"
-    questions, and a share of the score for the turns said just before and after in the same session."""
+    """Top-k (turn id, score) by the fusion memories use: vectors (a turn of several sentences scores as the
+    best of them and itself) and BM25, a time boost for "when" questions, and a share of the score for the
+    turns said just before and after in the same session."""
     depth = max(k, tuning.depth)
-    ids, sessions, vecs = index.rows(store, user)
+    turns = index.rows(store, user)
+    ids, sessions = turns.ids, turns.sessions
     vector: list[tuple[int, float]] = []
     if query_vector is not None and len(ids):
-        sims = vecs @ query_vector.astype(np.float32)
+        query_vector = query_vector.astype(np.float32)
+        sims = turns.cosines(query_vector) if tuning.sentences else turns.vecs @ query_vector
         top = np.argsort(-sims, kind="stable")[:depth]
         vector = [(int(ids[i]), float(sims[i])) for i in top]
     text: list[tuple[int, float]] = []
@@ -1066,8 +1111,8 @@ def search_turns(
         text = [(tid, -bm25) for tid, bm25 in store.turns_fts(match, limit=depth, user=user)]
     fused = fuse_scores((vector, 1.0, None), (text, tuning.text_weight, 0.0 if len(text) < depth else None))
     if tuning.time_boost and len(fused.ids) and asks_when(query):
-        turns = store.get_turns(fused.ids.tolist())
-        fused.scores[[t in turns and states_time(turns[t].text) for t in fused.ids.tolist()]] += tuning.time_boost
+        said = store.get_turns(fused.ids.tolist())
+        fused.scores[[t in said and states_time(said[t].text) for t in fused.ids.tolist()]] += tuning.time_boost
     if tuning.radius and len(fused.ids) and len(ids):
         # a turn's neighbours are the turns beside it in id order, in the same session
         at = np.minimum(np.searchsorted(ids, fused.ids), len(ids) - 1)

@@ -158,11 +158,15 @@ _MIGRATIONS: list[tuple[int, str, str]] = [
     ),
     (
         3,
-        "sentence vectors: a memory of several sentences is also found by its best one",
+        "sentence vectors: a memory or turn of several sentences is also found by its best one",
         """
         CREATE TABLE sentence_vectors (memory_id INTEGER PRIMARY KEY, embeddings BLOB NOT NULL);
         CREATE TRIGGER memories_ad_sentences AFTER DELETE ON memories BEGIN
             DELETE FROM sentence_vectors WHERE memory_id = old.id;
+        END;
+        CREATE TABLE turn_sentence_vectors (turn_id INTEGER PRIMARY KEY, embeddings BLOB NOT NULL);
+        CREATE TRIGGER turns_ad_sentences AFTER DELETE ON turns BEGIN
+            DELETE FROM turn_sentence_vectors WHERE turn_id = old.id;
         END;
         """,
     ),
@@ -610,11 +614,15 @@ class Store:
     def _insert_vector(conn: Any, mid: int, vector: bytes | None, sentences: bytes | None) -> None:
         conn.execute("INSERT INTO vec_memories (memory_id, embedding) VALUES (?, ?)", (mid, vector))
         if sentences is not None:
-            if not vector or not sentences or len(sentences) % len(vector):
-                raise InvalidInput("sentence vectors must be whole vectors of the memory vector's size")
-            if not np.isfinite(np.frombuffer(sentences, np.float32)).all():  # float64 read as float32, say
-                raise InvalidInput("sentence vectors must be float32 numbers")
+            Store._check_sentences(vector, sentences)
             conn.execute("INSERT INTO sentence_vectors (memory_id, embeddings) VALUES (?, ?)", (mid, sentences))
+
+    @staticmethod
+    def _check_sentences(vector: bytes | None, sentences: bytes) -> None:
+        if not vector or not sentences or len(sentences) % len(vector):
+            raise InvalidInput("sentence vectors must be whole vectors of the memory vector's size")
+        if not np.isfinite(np.frombuffer(sentences, np.float32)).all():  # float64 read as float32, say
+            raise InvalidInput("sentence vectors must be float32 numbers")
 
     @staticmethod
     def _insert_turn(
@@ -664,27 +672,34 @@ class Store:
         at: datetime | None,
         metadata: dict[str, Any],
         vector: bytes | None = None,
+        sentences: bytes | None = None,
     ) -> int:
-        """Insert a raw turn (and its vector, for `ask(sources=...)`) inside the caller's transaction."""
+        """Insert a raw turn (and its vectors, for `ask(sources=...)`) inside the caller's transaction."""
         turn_id = self._insert_turn(conn, user, session, speaker, text, _iso(at), utcnow().isoformat(), metadata)
         if vector is not None:
             conn.execute("INSERT INTO turn_vectors (turn_id, embedding) VALUES (?, ?)", (turn_id, vector))
+        if sentences is not None:
+            self._check_sentences(vector, sentences)
+            conn.execute("INSERT INTO turn_sentence_vectors (turn_id, embeddings) VALUES (?, ?)", (turn_id, sentences))
         return turn_id
 
     def turn_state(self, user: str) -> tuple[int, int]:
         """(count, last id) of a user's turns: what a cached copy of their vectors must match."""
         return tuple(self.query("SELECT count(*), coalesce(max(id), 0) FROM turns WHERE user_id = ?", (user,))[0])
 
-    def turns_past(self, user: str, after: int = 0) -> tuple[int, builtins.list[tuple[int, str | None, bytes | None]]]:
-        """A user's turn count, and (turn id, session, vector) of their turns past `after` by id, from one
-        snapshot: a cached copy that appends them can tell from the count whether any turn it holds was erased
-        meanwhile. Turns without a vector (imported, or stored before turns had them) come with None: they are
-        counted, and found by words alone."""
+    def turns_past(
+        self, user: str, after: int = 0
+    ) -> tuple[int, builtins.list[tuple[int, str | None, bytes | None, bytes | None]]]:
+        """A user's turn count, and (turn id, session, vector, sentence vectors) of their turns past `after` by id,
+        from one snapshot: a cached copy that appends them can tell from the count whether any turn it holds was
+        erased meanwhile. Turns without a vector (imported, or stored before turns had them) come with None: they
+        are counted, and found by words alone; a turn of one sentence has no sentence vectors (None)."""
         with self.read() as conn:
             count = conn.execute("SELECT count(*) FROM turns WHERE user_id = ?", (user,)).fetchone()[0]
             rows = conn.execute(
-                "SELECT t.id, t.session, v.embedding FROM turns t LEFT JOIN turn_vectors v "
-                "ON v.turn_id = t.id WHERE t.user_id = ? AND t.id > ? ORDER BY t.id",
+                "SELECT t.id, t.session, v.embedding, s.embeddings FROM turns t LEFT JOIN turn_vectors v "
+                "ON v.turn_id = t.id LEFT JOIN turn_sentence_vectors s ON s.turn_id = t.id "
+                "WHERE t.user_id = ? AND t.id > ? ORDER BY t.id",
                 (user, after),
             ).fetchall()
         return count, rows

@@ -205,11 +205,11 @@ def add_turns(mem: Memory, user: str, texts: list[str]) -> list[int]:
 def test_turn_appends_are_amortised(bank: Path) -> None:
     with Memory(bank, embedder=SeededEmbedder()) as mem:
         turns = TurnIndex(mem.embedder.dim)
-        assert [len(part) for part in turns.rows(mem.store, "u")] == [0, 0, 0]
+        assert [len(part) for part in turns.rows(mem.store, "u")] == [0] * 6
         seen, want = [], []
         for i in range(300):
             want += add_turns(mem, "u", [f"turn {i}"])
-            ids, sessions, vecs = turns.rows(mem.store, "u")
+            ids, sessions, vecs, *_ = turns.rows(mem.store, "u")
             seen.append(vecs)
         assert list(ids) == want and list(sessions) == ["s"] * 300
         assert np.allclose(vecs, mem.embedder.embed([f"turn {i}" for i in range(300)]))
@@ -226,7 +226,7 @@ def test_turns_erased_then_replaced_by_more_are_gone(bank: Path) -> None:
         with mem.store.write() as conn:
             mem.store.delete_turns(conn, "u")
         new = add_turns(mem, "u", ["new one", "new two", "new three"])
-        ids, _, vecs = turns.rows(mem.store, "u")
+        ids, _, vecs, *_ = turns.rows(mem.store, "u")
         assert list(ids) == new
         assert np.allclose(vecs, mem.embedder.embed(["new one", "new two", "new three"]))
         top = retrieval.search_turns(mem.store, turns, vecs[0], "new one", k=5, user="u")

@@ -161,7 +161,7 @@ class Bank:
             self.vector_index()
         return embed_texts(self.embedder, texts, query=query)
 
-    def _memory_vectors(self, texts: builtins.list[str]) -> builtins.list[tuple[bytes, bytes | None]]:
+    def _vectors_and_sentences(self, texts: builtins.list[str]) -> builtins.list[tuple[bytes, bytes | None]]:
         """Each text's vector and its sentences' (None for one sentence), embedded in one batch."""
         split = [retrieval.sentences(t) for t in texts]
         vectors = self._embed([*texts, *(s for parts in split for s in parts)])
@@ -183,7 +183,7 @@ class Bank:
     ) -> MemoryItem:
         """Store one memory verbatim (no LLM); see `observe` for the Memory Manager."""
         text, user, moment, metadata = check_text(text), check_user(user), parse_time(at), check_metadata(metadata)
-        (vector, sentences) = self._memory_vectors([text])[0]
+        vector, sentences = self._vectors_and_sentences([text])[0]
         change = Change(
             "ADD",
             user,
@@ -212,7 +212,7 @@ class Bank:
         user = check_user(user) if user is not None else None
         moment = parse_time(at)
         current = self.store.get(memory_id, user)  # fail fast, before the embedding work
-        (vector, sentences) = self._memory_vectors([text])[0]
+        vector, sentences = self._vectors_and_sentences([text])[0]
         change = Change(
             "UPDATE",
             current.user,
@@ -397,7 +397,7 @@ class Bank:
         held = self.store.held_memories({m["user"] for m in memories}) if memories else set()
         todo = [m for m in memories if memory_key(m) not in held]  # the transaction decides again, with no model
         if todo:
-            for m, (vector, sentences) in zip(todo, self._memory_vectors([m["text"] for m in todo])):
+            for m, (vector, sentences) in zip(todo, self._vectors_and_sentences([m["text"] for m in todo])):
                 m["vector"], m["sentences"] = vector, sentences
         return self.store.import_rows(sections)
 
@@ -472,7 +472,7 @@ class Bank:
         }
         new_texts = [op.text for op in plan.ops if op.kind in ("ADD", "UPDATE")]
         # the turn's own vectors first, for ask(sources="turns")
-        vectors = iter(self._memory_vectors([turn_line(turn.speaker, text), *new_texts]))
+        vectors = iter(self._vectors_and_sentences([turn_line(turn.speaker, text), *new_texts]))
         row["vector"], row["sentences"] = next(vectors)
         moment = timestamp(turn.at or utcnow())
         changes = [

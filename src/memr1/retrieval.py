@@ -157,10 +157,12 @@ class _Sentences:
     def release(self, counts: np.ndarray) -> None:
         self.live -= int(counts.sum())
 
-    def compact(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
-        """When enough is left behind: keep only these ranges (the live memories'); their new starts."""
-        if self.used - self.live <= self.live // 8 + 64:
-            return None
+    def wasteful(self) -> bool:
+        """Whether what updates and deletes left behind is worth a compaction (an eighth: amortised)."""
+        return self.used - self.live > self.live // 8 + 64
+
+    def compact(self, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Keep only these ranges (the live memories'); their new starts."""
         keep = _ranges(starts, counts)
         self.vecs, self.scale = self.vecs[keep], self.scale[keep]
         self.used = self.live = len(keep)
@@ -176,6 +178,23 @@ class _Sentences:
         vecs, scale = np.empty((capacity, self.dim), np.int16), np.empty(capacity, np.float32)
         vecs[: self.used], scale[: self.used] = self.vecs[: self.used], self.scale[: self.used]
         self.vecs, self.scale = vecs, scale
+
+
+def _within(
+    live: np.ndarray, users: np.ndarray, ts: np.ndarray, ids: np.ndarray, code: int | None, scope: Scope
+) -> np.ndarray:
+    """Which rows are live, the user's (by code; any user's when None) and within the scope's window and ids:
+    the one test that the vector rows, the BM25 slots and the context links all apply."""
+    mask = live.copy()
+    if code is not None:
+        mask &= users == code
+    if scope.since is not None:
+        mask &= ts >= scope.since
+    if scope.until is not None:
+        mask &= ts <= scope.until
+    if scope.allowed is not None:
+        mask &= np.isin(ids, scope.allowed)
+    return mask
 
 
 class VectorIndex:
@@ -257,10 +276,10 @@ class VectorIndex:
                 self._append(rows)
                 self.text.drop(gone)
                 self.text.add(past.rows, past.terms, self._code)
-                r = self._rows
-                keep = np.flatnonzero(r.live & (r.sent_n > 0))
-                if (starts := self._sentences.compact(r.sent_at[keep], r.sent_n[keep])) is not None:
-                    r.sent_at[keep] = starts
+                if self._sentences.wasteful():  # checked first: finding the live ranges reads every row
+                    r = self._rows
+                    keep = np.flatnonzero(r.live & (r.sent_n > 0))
+                    r.sent_at[keep] = self._sentences.compact(r.sent_at[keep], r.sent_n[keep])
             self._seen = past.head
 
     def _rebuild(self, rows: Sequence[tuple[int, str, float, bytes, bytes | None]]) -> None:
@@ -402,18 +421,10 @@ class VectorIndex:
     def _scope_rows(
         self, r: _Rows, user: str | None, since: float | None, until: float | None, allowed: np.ndarray | None
     ) -> np.ndarray | None:
-        mask = r.live.copy()
-        if user is not None:
-            if user not in self._users:
-                return None
-            mask &= r.users == self._users[user]
-        if since is not None:
-            mask &= r.ts >= since
-        if until is not None:
-            mask &= r.ts <= until
-        if allowed is not None:
-            mask &= np.isin(r.ids, allowed)
-        return np.flatnonzero(mask)
+        if user is not None and user not in self._users:
+            return None
+        code = self._users[user] if user is not None else None
+        return np.flatnonzero(_within(r.live, r.users, r.ts, r.ids, code, Scope(None, since, until, allowed)))
 
     def nearest(
         self,
@@ -773,15 +784,7 @@ class TextIndex:
         if scope.allowed is None and self._last_mask is not None and self._last_mask[0] == key:
             return self._last_mask[1]
         n = self._n
-        mask = self.live[:n].copy()
-        if user is not None:
-            mask &= self.users[:n] == user
-        if scope.since is not None:
-            mask &= self.ts[:n] >= scope.since
-        if scope.until is not None:
-            mask &= self.ts[:n] <= scope.until
-        if scope.allowed is not None:
-            mask &= np.isin(self.ids[:n], scope.allowed)
+        mask = _within(self.live[:n], self.users[:n], self.ts[:n], self.ids[:n], user, scope)
         count = int(np.count_nonzero(mask))
         out = (None if count == self._live_count else mask, count)
         if scope.allowed is None:

@@ -39,13 +39,18 @@ def test_modes_use_one_list_each(mem: Memory) -> None:
     assert hit.text_score is None and hit.vector_score is not None
 
 
+def clustered(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    """Unit vectors near a 48-d subspace, off-centre, as sentence embeddings are (the speed benchmark's)."""
+    basis = rng.normal(size=(48, dim))
+    data = (rng.normal(size=(n, 48)) @ basis + 0.2 * rng.normal(size=(n, dim)) + 0.5).astype(np.float32)
+    return data / np.linalg.norm(data, axis=1, keepdims=True)
+
+
 def test_coarse_pass_keeps_recall_on_a_big_scope() -> None:
     """With the exact path disabled, the bit pass plus re-scoring still finds the true top 10."""
     rng = np.random.default_rng(0)
     dim, n = 384, 20_000
-    basis = rng.normal(size=(48, dim))
-    data = (rng.normal(size=(n, 48)) @ basis + 0.2 * rng.normal(size=(n, dim)) + 0.5).astype(np.float32)
-    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    data = clustered(rng, n, dim)
     index = VectorIndex(dim, exact_below=0)
     rows = [(i + 1, "u", 0.0, data[i].tobytes(), None) for i in range(n)]
     index._center = data.mean(axis=0)
@@ -57,6 +62,29 @@ def test_coarse_pass_keeps_recall_on_a_big_scope() -> None:
         got = {mid for mid, _ in index.nearest(q, 10, user="u")}
         recalls.append(len(truth & got) / 10)
     assert np.mean(recalls) >= 0.98, np.mean(recalls)
+
+
+def test_candidates_grow_with_the_scope() -> None:
+    """Sign bits rank a big scope loosely, so a fixed number of candidates loses the true top 60 as the bank
+    grows (0.88 at 1M memories): at least `scope_share` of the scope is re-scored. Here 100 candidates of
+    20,000 rows hold 58% of it, a share of 1/20 (1,000) 98%."""
+    rng = np.random.default_rng(0)
+    dim, n = 384, 20_000
+    data = clustered(rng, n, dim)
+    rows = [(i + 1, "u", 0.0, data[i].tobytes(), None) for i in range(n)]
+    queries = data[rng.integers(0, n, 30)] + 0.05 * rng.normal(size=(30, dim)).astype(np.float32)
+    recall = {}
+    for share in (0.0, 1 / 20):
+        index = VectorIndex(dim, exact_below=0, min_candidates=100, max_candidates=100, scope_share=share)
+        index._center = data.mean(axis=0)
+        index._append(rows)
+        found = []
+        for q in queries:
+            q = (q / np.linalg.norm(q)).astype(np.float32)
+            truth = set((np.argsort(-(data @ q))[:60] + 1).tolist())
+            found.append(len(truth & {mid for mid, _ in index.nearest(q, 60, user="u")}) / 60)
+        recall[share] = np.mean(found)
+    assert recall[0.0] < 0.7 and recall[1 / 20] >= 0.97, recall
 
 
 def test_index_follows_writes_from_another_process(bank: Path, tiny_embedder: Path) -> None:

@@ -153,6 +153,16 @@ def main(argv: list[str] | None = None) -> int:
             p50, p95 = percentiles(times)
             rows.append((name, p50, p95, float(np.mean(recalls)) if recalls else float("nan")))
 
+        def fixed(k: int):
+            def search(i: int, q: np.ndarray) -> list[int]:
+                share, index.scope_share = index.scope_share, 0.0
+                try:
+                    return [m for m, _ in index.nearest(q, k, user="solo")]
+                finally:
+                    index.scope_share = share
+
+            return search
+
         conn = mem.store.conn
         for k in (10, 60):
             run(
@@ -170,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 lambda i, q, k=k: [m for m, _ in index.nearest(q, k, user="solo")],
                 k,
             )
+            if args.n * index.scope_share > index.min_candidates:  # what the share of a big scope buys
+                run(f"memr1 vector, k={k}, {index.min_candidates:,} candidates (no scope share)", fixed(k), k)
         mem._index = index
 
         def together(named: dict[str, Any]) -> None:

@@ -13,7 +13,18 @@ from pathlib import Path
 import pytest
 
 from memr1 import Memory, datasets, retrieval
-from memr1.bench_locomo_retrieval import PlainRRF, evidence_of, fuse, main, parse_dia_ids, recall, rrf_search
+from memr1.bench_locomo_retrieval import (
+    CachedEmbedder,
+    PlainRRF,
+    conversations,
+    evidence_of,
+    fuse,
+    main,
+    parse_dia_ids,
+    recall,
+    rrf_search,
+)
+from memr1.embedding import embed_texts
 
 from .conftest import LOCOMO, needs_locomo
 
@@ -225,6 +236,44 @@ def test_real_slice_with_the_tiny_embedder(
         assert 0.0 <= block["recall"]["1"] <= block["recall"]["5"] <= block["recall"]["60"] <= 1.0
     for mode in ("vector", "hybrid-rrf", "hybrid"):  # 35 turns in two sessions, all within the top 60
         assert modes[mode]["recall"]["60"] == 1.0
+
+
+def test_recall_ideas_start_from_what_ask_ranks(
+    tiny_locomo: Path, tiny_embedder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks.locomo_recall_ideas: its default row is the harness's `turns` mode, and each idea re-ranks
+    every turn (all evidence within the top 6 of 6 turns)."""
+    from benchmarks import locomo_recall_ideas as ideas
+
+    args = ["--data", str(tiny_locomo), "--embedder", str(tiny_embedder), "--cache", str(tmp_path)]
+    turns = _run([*args, "--split", "tune", "--modes", "turns", "--k", "1,2,6"], capsys)
+    convs = conversations(
+        datasets.load_locomo(tiny_locomo),
+        split="tune",
+        ids=None,
+        source="turns",
+        style="speaker",
+        sessions=None,
+        max_questions=None,
+    )
+    embedder = CachedEmbedder(str(tiny_embedder), tmp_path)
+    try:
+        (tmp_path / "banks").mkdir()
+        (tmp_path / "one").mkdir()
+        found = ideas.recall_of_ideas(convs, embedder, [1, 2, 6], tmp_path / "banks")
+        c = ideas.Conversation(convs[0], embedder, tmp_path / "one")
+        vector = embed_texts(embedder, ["corgi"], query=True)[0]
+        capped = ideas.session_cap(1, keep=0)(c, "corgi", vector)  # one turn per session, then the rest
+        c.mem.close()
+    finally:
+        embedder.close()
+    expected = turns["results"]["train+val"]["turns"]["recall"]
+    assert {str(k): round(r, 4) for k, r in found["default (what ask ranks)"].items()} == expected
+    assert all(by_k[6] == 1.0 for by_k in found.values()), found
+    order = sorted(capped, key=capped.__getitem__, reverse=True)
+    assert len(order) == 6 and {c.session[t] for t in order[:2]} == {"1", "2"}
+    assert ideas.main([*args, "--k", "6"]) == 0
+    assert "| default (what ask ranks) | 1.000 |" in capsys.readouterr().out
 
 
 # ---- ensure_locomo ----

@@ -180,21 +180,36 @@ def main(argv: list[str] | None = None) -> int:
                 lambda i, q, k=k: [m for m, _ in index.nearest(q, k, user="solo")],
                 k,
             )
-            if args.n * index.scope_share > index.min_candidates:  # what the share of a big scope buys
-                run(f"memr1 vector, k={k}, {index.min_candidates:,} candidates (no scope share)", fixed(k), k)
-        mem._index = index
 
-        def together(named: dict[str, Any]) -> None:
+        def together(named: dict[str, Any], recall_at: int | None = None) -> None:
             """Several searches of each query, taking turns at going first, so that the machine's other load
             and the caches they warm for each other (a query's words, tokenized once) weigh on all alike."""
             times: dict[str, list[float]] = {name: [] for name in named}
+            recalls: dict[str, list[float]] = {name: [] for name in named}
             for i, q in enumerate(queries):
                 order = list(named.items())
                 for name, fn in order[i % len(order) :] + order[: i % len(order)]:
                     t = time.perf_counter()
-                    fn(i, q)
+                    got = fn(i, q)
                     times[name].append(time.perf_counter() - t)
-            rows.extend((name, *percentiles(times[name]), float("nan")) for name in named)
+                    if recall_at is not None:
+                        recalls[name].append(len(truth[recall_at][i] & set(got[:recall_at])) / recall_at)
+            for name in named:
+                recall = float(np.mean(recalls[name])) if recalls[name] else float("nan")
+                rows.append((name, *percentiles(times[name]), recall))
+
+        if args.n * index.scope_share > index.min_candidates:  # what re-scoring a share of a big scope buys
+            for k in (10, 60):
+                together(
+                    {
+                        f"memr1 vector, k={k}, as above, paired with the next": lambda i, q, k=k: [
+                            m for m, _ in index.nearest(q, k, user="solo")
+                        ],
+                        f"memr1 vector, k={k}, {index.min_candidates:,} candidates (no scope share)": fixed(k),
+                    },
+                    recall_at=k,
+                )
+        mem._index = index
 
         together(
             {

@@ -227,7 +227,7 @@ class VectorIndex:
         # re-scoring is the cost that grows with n: search's 200-deep lists would re-score 4,000 rows at 20x
         self.max_candidates = max(max_candidates, min_candidates)
         # Sign bits rank a big scope more loosely: at 1M memories the 2,000 Hamming-nearest held 88% of the
-        # exact top 60, 8,000 (this share) held 98%, for 1 ms more than the bit pass's 11 (benchmarks/RESULTS.md)
+        # exact top 60, 8,000 (this share) 98%, for 2 ms more than the 9 ms of the pass (benchmarks/RESULTS.md)
         self.scope_share = scope_share
         self.lock = threading.Lock()
         self.rebuilds = 0  # full reloads from the bank: writes must not cause them

@@ -41,7 +41,7 @@ class Conversation:
         self.speaker = {t: said[t].speaker for t in said}
         self.session = {t: said[t].session for t in said}
         self.dia = {t: said[t].metadata["dia_id"] for t in said}
-        self.speakers = sorted(set(self.speaker.values()))
+        self.speakers = sorted({s for s in self.speaker.values() if s})
 
     def rank(self, vector: np.ndarray, question: str) -> Ranking:
         # the 200 best: as many as search's lists hold (a larger k would make them deeper, another ranking)

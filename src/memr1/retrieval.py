@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -524,15 +524,30 @@ class VectorIndex:
             place = np.minimum(np.searchsorted(rows, row), len(rows) - 1)
             place = np.where(rows[place] == row, place, -1)
         at = np.where(r.ids[row] == wanted, place, -1)  # -1: gone since, or outside the scope
-        parts = []
-        for distance in range(1, radius + 1):
-            for step in (-distance, distance):
-                place = at + step
-                ok = (at >= 0) & (place >= 0) & (place < len(rows))
-                other = rows[np.where(ok, place, 0)]
-                ok &= (r.users[other] == r.users[row]) & (np.abs(r.ts[other] - r.ts[row]) <= gap)
-                parts.append((wanted[ok], r.ids[other[ok]], np.full(int(ok.sum()), step, np.int64)))
-        return Links(*(np.concatenate(column) for column in zip(*parts))) if parts else Links.none()
+
+        def alike(i: np.ndarray, there: np.ndarray) -> np.ndarray:  # the same user's, within the gap
+            other, own = rows[there], row[i]
+            return (r.users[other] == r.users[own]) & (np.abs(r.ts[other] - r.ts[own]) <= gap)
+
+        i, there, step = _beside(at, len(rows), radius, alike)
+        return Links(wanted[i], r.ids[rows[there]], step)
+
+
+def _beside(
+    at: np.ndarray, count: int, radius: int, alike: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The places up to `radius` before and after each place in `at` (-1: none) among `count` in order, where
+    alike(i, there) holds: (i, there, step) arrays, i indexing `at`, step < 0 for the places before. The one
+    walk that links memories (by user and time gap) and turns (by session) to their context."""
+    parts = [(np.empty(0, np.int64),) * 3]
+    for distance in range(1, radius + 1):
+        for step in (-distance, distance):
+            there = at + step
+            i = np.flatnonzero((at >= 0) & (there >= 0) & (there < count))
+            i = i[alike(i, there[i])]
+            parts.append((i, there[i], np.full(len(i), step, np.int64)))
+    i, there, steps = (np.concatenate(column) for column in zip(*parts))
+    return i, there, steps
 
 
 class Links(NamedTuple):
@@ -1125,14 +1140,7 @@ def search_turns(
         # a turn's neighbours are the turns beside it in id order, in the same session
         at = np.minimum(np.searchsorted(ids, fused.ids), len(ids) - 1)
         at = at[ids[at] == fused.ids]
-        parts = []
-        for distance in range(1, tuning.radius + 1):
-            for step in (-distance, distance):
-                there = at + step
-                ok = (there >= 0) & (there < len(ids))
-                here, there = at[ok], there[ok]
-                ok = sessions[here] == sessions[there]
-                parts.append((ids[here[ok]], ids[there[ok]], np.full(int(ok.sum()), step, np.int64)))
-        fused = spread(fused, Links(*(np.concatenate(column) for column in zip(*parts))), tuning)
+        i, there, step = _beside(at, len(ids), tuning.radius, lambda i, there: sessions[at[i]] == sessions[there])
+        fused = spread(fused, Links(ids[at[i]], ids[there], step), tuning)
     order = np.argsort(-fused.scores, kind="stable")[:k]
     return list(zip(fused.ids[order].tolist(), fused.scores[order].tolist()))

@@ -894,9 +894,10 @@ class Fused(NamedTuple):
         order = np.argsort(first, kind="stable")
         return cls(unique[order], np.bincount(inverse, weights=values, minlength=len(unique))[order])
 
-    def top(self, k: int) -> list[int]:
-        """The k best ids, best first; ties in the order held."""
-        return self.ids[np.argsort(-self.scores, kind="stable")[:k]].tolist()
+    def top(self, k: int) -> list[tuple[int, float]]:
+        """The k best (id, score), best first; ties in the order held."""
+        order = np.argsort(-self.scores, kind="stable")[:k]
+        return list(zip(self.ids[order].tolist(), self.scores[order].tolist()))
 
     def as_dict(self) -> dict[int, float]:
         return dict(zip(self.ids.tolist(), self.scores.tolist()))
@@ -994,9 +995,9 @@ def top_hits(
     k: int,
 ) -> list[Hit]:
     """The k best of `fused` as hits, with each pass's own score beside the fused one."""
-    top = fused.top(k)
+    score = dict(fused.top(k))  # in rank order
+    top = list(score)
     items = store.get_many(top)
-    score = dict(zip(top, fused.scores[np.argsort(-fused.scores, kind="stable")[:k]].tolist()))
     vscore, tscore = dict(vector), dict(text)
     return [
         Hit(memory=items[m], score=score[m], vector_score=vscore.get(m), text_score=tscore.get(m))
@@ -1142,5 +1143,4 @@ def search_turns(
         at = at[ids[at] == fused.ids]
         i, there, step = _beside(at, len(ids), tuning.radius, lambda i, there: sessions[at[i]] == sessions[there])
         fused = spread(fused, Links(ids[at[i]], ids[there], step), tuning)
-    order = np.argsort(-fused.scores, kind="stable")[:k]
-    return list(zip(fused.ids[order].tolist(), fused.scores[order].tolist()))
+    return fused.top(k)

@@ -276,6 +276,53 @@ def test_recall_ideas_start_from_what_ask_ranks(
     assert "| default (what ask ranks) | 1.000 |" in capsys.readouterr().out
 
 
+def test_llm_expansion_ideas_ask_the_model_once_per_question(
+    tiny_locomo: Path, tiny_embedder: Path, tiny_chat: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--chat adds the query expansion rows; the model's replies are cached, so a second run needs no model."""
+    from benchmarks import locomo_recall_ideas as ideas
+
+    model = tmp_path / "chat.gguf"
+    model.write_bytes(tiny_chat.read_bytes())
+    args = ["--data", str(tiny_locomo), "--embedder", str(tiny_embedder), "--cache", str(tmp_path), "--k", "6"]
+    assert ideas.main([*args, "--chat", str(model)]) == 0
+    first = capsys.readouterr().out
+    replies = json.loads((tmp_path / "expansions-chat.json").read_text())
+    assert len(replies) == 3  # train and val ask the same three questions that have evidence
+    model.unlink()
+    assert ideas.main([*args, "--chat", str(model)]) == 0
+    assert capsys.readouterr().out == first
+    assert "| LLM terms in the BM25 query | 1.000 |" in first
+
+
+def test_llm_terms_reach_the_word_search(tiny_locomo: Path, tiny_embedder: Path, tmp_path: Path) -> None:
+    """A term the question lacks ("corgi") lifts the turn that says it, through BM25's query."""
+    from benchmarks import locomo_recall_ideas as ideas
+
+    (tmp_path / "expansions-none.json").write_text(json.dumps({"Which pet?": {"message": "", "terms": ["corgi"]}}))
+    expand = ideas.Expansions(str(tmp_path / "none.gguf"), tmp_path)  # no model: every reply is cached
+    convs = conversations(
+        datasets.load_locomo(tiny_locomo),
+        split="tune",
+        ids=None,
+        source="turns",
+        style="speaker",
+        sessions=None,
+        max_questions=None,
+    )
+    embedder = CachedEmbedder(str(tiny_embedder), tmp_path)
+    try:
+        c = ideas.Conversation(convs[0], embedder, tmp_path)
+        vector = embed_texts(embedder, ["Which pet?"], query=True)[0]
+        plain = ideas.base(c, "Which pet?", vector)
+        lifted = ideas.expanded(expand, vector=False, words=True)(c, "Which pet?", vector)
+        c.mem.close()
+    finally:
+        embedder.close()
+    corgi = next(t for t, dia in c.dia.items() if dia == "D1:1")
+    assert lifted[corgi] > plain[corgi] + 0.5  # BM25's one hit scores 1 after its norm
+
+
 # ---- ensure_locomo ----
 
 

@@ -198,7 +198,7 @@ def train(model: Any, tokenizer: Any, examples: Sequence[Pair], settings: Settin
         for start in range(0, len(order), settings.batch):
             batch = [examples[i] for i in order[start : start + settings.batch]]
             questions = [p.question for p in batch]
-            hard = [n for p in batch for n in rng.sample(p.negatives, min(settings.hard, len(p.negatives)))]
+            hard = [neg for p in batch for neg in rng.sample(p.negatives, min(settings.hard, len(p.negatives)))]
             q = encode(model, tokenizer, questions)
             d = encode(model, tokenizer, [p.passage for p in batch] + hard)
             logits = settings.scale * q @ d.T
@@ -216,20 +216,16 @@ def train(model: Any, tokenizer: Any, examples: Sequence[Pair], settings: Settin
 
 def save(model: Any, base: Path, out: Path) -> Path:
     """Write the model as a GGUF with `base`'s metadata, tokenizer and tensor types (f16 stays f16)."""
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter, Keys
+    from gguf import GGUFReader, GGUFWriter, Keys
+
+    from .export import copy_metadata
 
     source = GGUFReader(base)
     cpp_of = tensor_names(model.config.num_hidden_layers)
     weights = {cpp_of[name]: p.detach().cpu().numpy() for name, p in model.state_dict().items() if name in cpp_of}
     tmp = out.with_name(out.name + ".tmp")
     writer = GGUFWriter(tmp, source.fields[Keys.General.ARCHITECTURE].contents(), endianess=source.endianess)
-    for field in source.fields.values():
-        if field.name == Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
-            continue
-        kind = field.types[0]
-        writer.add_key_value(
-            field.name, field.contents(), kind, sub_type=field.types[-1] if kind == GGUFValueType.ARRAY else None
-        )
+    copy_metadata(writer, source)
     data = {}
     for tensor in source.tensors:
         if tensor.name not in weights:

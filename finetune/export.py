@@ -87,6 +87,19 @@ def convert(
     return outfile
 
 
+def copy_metadata(writer: Any, reader: Any, keep: Any = lambda name: True) -> None:
+    """Copy a GGUF's key-value fields that `keep` accepts into `writer`: all but the architecture, which the
+    writer was made with, and the GGUF.* fields, which it writes itself."""
+    from gguf import GGUFValueType, Keys
+
+    for field in reader.fields.values():
+        if field.name == Keys.General.ARCHITECTURE or field.name.startswith("GGUF.") or not keep(field.name):
+            continue
+        kind = field.types[0]
+        sub_type = field.types[-1] if kind == GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), kind, sub_type=sub_type)
+
+
 def take_vocabulary(gguf: Path, base: Path) -> Path:
     """Rewrite `gguf` with the tokenizer.ggml.* keys of `base`, a GGUF file with the same tokens.
 
@@ -95,7 +108,7 @@ def take_vocabulary(gguf: Path, base: Path) -> Path:
     has the base's tokens, so the base file's own vocabulary is the right one. The chat template stays the
     adapter's. Uses the installed gguf package, as transformers does to read GGUF files.
     """
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter, Keys
+    from gguf import GGUFReader, GGUFWriter, Keys
 
     source, donor = GGUFReader(gguf), GGUFReader(base)
     prefix = "tokenizer.ggml."
@@ -103,13 +116,8 @@ def take_vocabulary(gguf: Path, base: Path) -> Path:
         raise SystemExit(f"{gguf}: its tokens differ from those of its base {base}, whose vocabulary it would take")
     tmp = gguf.with_name(gguf.name + ".tmp")
     writer = GGUFWriter(tmp, source.fields[Keys.General.ARCHITECTURE].contents(), endianess=source.endianess)
-    for reader, keep in ((source, lambda name: not name.startswith(prefix)), (donor, lambda n: n.startswith(prefix))):
-        for field in reader.fields.values():
-            if field.name == Keys.General.ARCHITECTURE or field.name.startswith("GGUF.") or not keep(field.name):
-                continue
-            kind = field.types[0]
-            sub_type = field.types[-1] if kind == GGUFValueType.ARRAY else None
-            writer.add_key_value(field.name, field.contents(), kind, sub_type=sub_type)
+    copy_metadata(writer, source, keep=lambda name: not name.startswith(prefix))
+    copy_metadata(writer, donor, keep=lambda name: name.startswith(prefix))
     for tensor in source.tensors:
         writer.add_tensor_info(
             tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type

@@ -238,6 +238,19 @@ def test_real_slice_with_the_tiny_embedder(
         assert modes[mode]["recall"]["60"] == 1.0
 
 
+def _tune_turns(path: Path) -> list:
+    """The train + val conversations as the recall ideas read them: raw turns, "Speaker: text"."""
+    return conversations(
+        datasets.load_locomo(path),
+        split="tune",
+        ids=None,
+        source="turns",
+        style="speaker",
+        sessions=None,
+        max_questions=None,
+    )
+
+
 def test_recall_ideas_start_from_what_ask_ranks(
     tiny_locomo: Path, tiny_embedder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -247,15 +260,7 @@ def test_recall_ideas_start_from_what_ask_ranks(
 
     args = ["--data", str(tiny_locomo), "--embedder", str(tiny_embedder), "--cache", str(tmp_path)]
     turns = _run([*args, "--split", "tune", "--modes", "turns", "--k", "1,2,6"], capsys)
-    convs = conversations(
-        datasets.load_locomo(tiny_locomo),
-        split="tune",
-        ids=None,
-        source="turns",
-        style="speaker",
-        sessions=None,
-        max_questions=None,
-    )
+    convs = _tune_turns(tiny_locomo)
     embedder = CachedEmbedder(str(tiny_embedder), tmp_path)
     try:
         (tmp_path / "banks").mkdir()
@@ -301,15 +306,7 @@ def test_llm_terms_reach_the_word_search(tiny_locomo: Path, tiny_embedder: Path,
 
     (tmp_path / "expansions-none.json").write_text(json.dumps({"Which pet?": {"message": "", "terms": ["corgi"]}}))
     expand = ideas.Expansions(str(tmp_path / "none.gguf"), tmp_path)  # no model: every reply is cached
-    convs = conversations(
-        datasets.load_locomo(tiny_locomo),
-        split="tune",
-        ids=None,
-        source="turns",
-        style="speaker",
-        sessions=None,
-        max_questions=None,
-    )
+    convs = _tune_turns(tiny_locomo)
     embedder = CachedEmbedder(str(tiny_embedder), tmp_path)
     try:
         c = ideas.Conversation(convs[0], embedder, tmp_path)

@@ -34,7 +34,8 @@ def locomo(tmp_path: Path) -> list[dict]:
         {"question": "oboe?", "adversarial_answer": "x", "evidence": ["D1:3"], "category": 5},
     ]
     path = tmp_path / "locomo.json"
-    path.write_text(json.dumps([_conversation("conv-26", TURNS, qa)]), encoding="utf-8")
+    turns = ["I adopted a corgi named Pixel. She loves the beach", *TURNS[1:]]
+    path.write_text(json.dumps([_conversation("conv-26", turns, qa)]), encoding="utf-8")
     return datasets.load_locomo(path)
 
 
@@ -55,14 +56,16 @@ def test_pairs_are_questions_to_their_evidence(tiny_embedder: Path, locomo: list
     model, tokenizer = embedder.load(tiny_embedder)
     pairs = embedder.pairs(locomo, model, tokenizer, split="train", pool=3)
     assert [(p.question, p.passage) for p in pairs] == [
-        ("corgi named Pixel?", "Bob: I adopted a corgi named Pixel"),
+        ("corgi named Pixel?", "Bob: I adopted a corgi named Pixel. She loves the beach"),
+        ("corgi named Pixel?", "Bob: I adopted a corgi named Pixel."),  # and each sentence, as memr1 scores it
+        ("corgi named Pixel?", "Bob: She loves the beach"),
         ("roof and croissants?", "Bob: The bakery sells sourdough croissants"),
         ("roof and croissants?", "Ann: Our roof leaked during the thunderstorm"),
     ]  # the adversarial question has no evidence to learn from
     for p in pairs:
         assert len(p.negatives) == 3 and p.passage not in p.negatives
     assert not {"Bob: The bakery sells sourdough croissants", "Ann: Our roof leaked during the thunderstorm"} & set(
-        pairs[1].negatives
+        pairs[3].negatives
     )  # a question's evidence is never its negative
 
 

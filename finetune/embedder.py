@@ -124,6 +124,9 @@ def load(gguf: Path) -> tuple[Any, Any]:
     )
     model = BertModel(config, add_pooling_layer=False)
     tensors = {t.name: t for t in reader.tensors}
+    quantized = sorted({t.tensor_type.name for t in reader.tensors} - {"F32", "F16"})
+    if quantized:  # their blocks would need dequantizing, and save() could not write them back
+        raise SystemExit(f"{gguf}: {', '.join(quantized)} tensors; start from the model's f16 or f32 GGUF")
     state = {
         hf: torch.from_numpy(np.array(tensors[cpp].data, dtype=np.float32)) for hf, cpp in tensor_names(layers).items()
     }

@@ -81,3 +81,11 @@ def test_training_is_what_the_written_file_runs(tiny_embedder: Path, locomo: lis
     base, tuned = GGUFReader(tiny_embedder), GGUFReader(out)
     assert [(t.name, t.tensor_type) for t in tuned.tensors] == [(t.name, t.tensor_type) for t in base.tensors]
     assert tuned.fields["tokenizer.ggml.tokens"].contents() == base.fields["tokenizer.ggml.tokens"].contents()
+
+
+def test_quantized_embedder_is_refused_with_a_reason(tiny_embedder: Path, tmp_path: Path) -> None:
+    from finetune import export
+
+    quantized = export.quantize(tiny_embedder, tmp_path / "q8.gguf", "q8_0")
+    with pytest.raises(SystemExit, match="Q8_0 tensors; start from the model's f16 or f32 GGUF"):
+        embedder.load(quantized)

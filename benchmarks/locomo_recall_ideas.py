@@ -66,27 +66,32 @@ def base(c: Conversation, q: str, v: np.ndarray) -> Ranking:
     return c.rank(v, q)
 
 
+def best_first(ranking: Ranking) -> list[int]:
+    return sorted(ranking, key=ranking.__getitem__, reverse=True)
+
+
+def searched_again(c: Conversation, q: str, v: np.ndarray, first: Ranking, m: int, beta: float) -> Ranking:
+    """Rocchio: the query vector plus beta x the mean of the first ranking's top m, searched again."""
+    again = v + beta * c.vecs[np.searchsorted(c.ids, best_first(first)[:m])].mean(axis=0)
+    return c.rank(again / np.linalg.norm(again), q)
+
+
 def feedback(m: int, beta: float) -> Idea:
-    """Pseudo-relevance feedback (Rocchio): search again with the query plus beta x the mean of the top m."""
+    """Pseudo-relevance feedback: search again with the query plus beta x the mean of the top m."""
 
     def idea(c: Conversation, q: str, v: np.ndarray) -> Ranking:
-        first = c.rank(v, q)
-        top = np.searchsorted(c.ids, sorted(first, key=first.__getitem__, reverse=True)[:m])
-        again = v + beta * c.vecs[top].mean(axis=0)
-        return c.rank(again / np.linalg.norm(again), q)
+        return searched_again(c, q, v, c.rank(v, q), m, beta)
 
     return idea
 
 
 def feedback_past(keep: int, m: int, beta: float) -> Idea:
     """The first search's top `keep`, then the feedback search's ranking: R@10 kept, the tail from feedback."""
-    again = feedback(m, beta)
 
     def idea(c: Conversation, q: str, v: np.ndarray) -> Ranking:
         first = c.rank(v, q)
-        head = sorted(first, key=first.__getitem__, reverse=True)[:keep]
-        second = again(c, q, v)
-        rest = [t for t in sorted(second, key=second.__getitem__, reverse=True) if t not in head]
+        head = best_first(first)[:keep]
+        rest = [t for t in best_first(searched_again(c, q, v, first, m, beta)) if t not in head]
         return {t: -float(i) for i, t in enumerate(head + rest)}
 
     return idea
@@ -133,7 +138,7 @@ def session_cap(cap: int, keep: int = 10) -> Idea:
 
     def idea(c: Conversation, q: str, v: np.ndarray) -> Ranking:
         ranking = c.rank(v, q)
-        order = sorted(ranking, key=ranking.__getitem__, reverse=True)
+        order = best_first(ranking)
         seen: dict[str | None, int] = {}
         first, later = [], []
         for place, t in enumerate(order):
@@ -256,7 +261,7 @@ def recall_of_ideas(
             for q, v in zip(conv.questions, vectors):
                 for name, idea in ideas.items():
                     ranking = idea(c, q.text, v)
-                    hits = [[c.dia[t]] for t in sorted(ranking, key=ranking.__getitem__, reverse=True)]
+                    hits = [[c.dia[t]] for t in best_first(ranking)]
                     for k in ks:
                         found[name][k].append(bench.recall(q.evidence, hits, k))
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -46,22 +47,27 @@ def clustered(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return data / np.linalg.norm(data, axis=1, keepdims=True)
 
 
+def recall_of_bit_pass(data: np.ndarray, queries: np.ndarray, k: int, **settings: Any) -> float:
+    """Mean share of the exact top k that the bit pass plus re-scoring finds (the exact path disabled)."""
+    index = VectorIndex(data.shape[1], exact_below=0, **settings)
+    index._center = data.mean(axis=0)
+    index._append([(i + 1, "u", 0.0, data[i].tobytes(), None) for i in range(len(data))])
+    found = []
+    for q in queries:
+        q = (q / np.linalg.norm(q)).astype(np.float32)
+        truth = set((np.argsort(-(data @ q))[:k] + 1).tolist())
+        found.append(len(truth & {mid for mid, _ in index.nearest(q, k, user="u")}) / k)
+    return float(np.mean(found))
+
+
 def test_coarse_pass_keeps_recall_on_a_big_scope() -> None:
     """With the exact path disabled, the bit pass plus re-scoring still finds the true top 10."""
     rng = np.random.default_rng(0)
     dim, n = 384, 20_000
     data = clustered(rng, n, dim)
-    index = VectorIndex(dim, exact_below=0)
-    rows = [(i + 1, "u", 0.0, data[i].tobytes(), None) for i in range(n)]
-    index._center = data.mean(axis=0)
-    index._append(rows)
-    recalls = []
-    for q in data[rng.integers(0, n, 30)] + 0.05 * rng.normal(size=(30, dim)).astype(np.float32):
-        q = (q / np.linalg.norm(q)).astype(np.float32)
-        truth = set((np.argsort(-(data @ q))[:10] + 1).tolist())
-        got = {mid for mid, _ in index.nearest(q, 10, user="u")}
-        recalls.append(len(truth & got) / 10)
-    assert np.mean(recalls) >= 0.98, np.mean(recalls)
+    queries = data[rng.integers(0, n, 30)] + 0.05 * rng.normal(size=(30, dim)).astype(np.float32)
+    recall = recall_of_bit_pass(data, queries, 10)
+    assert recall >= 0.98, recall
 
 
 def test_candidates_grow_with_the_scope() -> None:
@@ -71,19 +77,11 @@ def test_candidates_grow_with_the_scope() -> None:
     rng = np.random.default_rng(0)
     dim, n = 384, 20_000
     data = clustered(rng, n, dim)
-    rows = [(i + 1, "u", 0.0, data[i].tobytes(), None) for i in range(n)]
     queries = data[rng.integers(0, n, 30)] + 0.05 * rng.normal(size=(30, dim)).astype(np.float32)
-    recall = {}
-    for share in (0.0, 1 / 20):
-        index = VectorIndex(dim, exact_below=0, min_candidates=100, max_candidates=100, scope_share=share)
-        index._center = data.mean(axis=0)
-        index._append(rows)
-        found = []
-        for q in queries:
-            q = (q / np.linalg.norm(q)).astype(np.float32)
-            truth = set((np.argsort(-(data @ q))[:60] + 1).tolist())
-            found.append(len(truth & {mid for mid, _ in index.nearest(q, 60, user="u")}) / 60)
-        recall[share] = np.mean(found)
+    recall = {
+        share: recall_of_bit_pass(data, queries, 60, min_candidates=100, max_candidates=100, scope_share=share)
+        for share in (0.0, 1 / 20)
+    }
     assert recall[0.0] < 0.7 and recall[1 / 20] >= 0.97, recall
 
 

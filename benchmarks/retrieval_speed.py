@@ -153,13 +153,16 @@ def main(argv: list[str] | None = None) -> int:
             p50, p95 = percentiles(times)
             rows.append((name, p50, p95, float(np.mean(recalls)) if recalls else float("nan")))
 
-        def fixed(k: int):
+        def vector(k: int, share: float | None = None):
+            """memr1's vector pass at k; `share`, if given, replaces the index's scope share for the search."""
+
             def search(i: int, q: np.ndarray) -> list[int]:
-                share, index.scope_share = index.scope_share, 0.0
+                kept = index.scope_share
+                index.scope_share = kept if share is None else share
                 try:
                     return [m for m, _ in index.nearest(q, k, user="solo")]
                 finally:
-                    index.scope_share = share
+                    index.scope_share = kept
 
             return search
 
@@ -175,11 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 ],
                 k,
             )
-            run(
-                f"memr1 vector (bits + re-score), k={k}",
-                lambda i, q, k=k: [m for m, _ in index.nearest(q, k, user="solo")],
-                k,
-            )
+            run(f"memr1 vector (bits + re-score), k={k}", vector(k), k)
 
         def together(named: dict[str, Any], recall_at: int | None = None) -> None:
             """Several searches of each query, taking turns at going first, so that the machine's other load
@@ -202,10 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             for k in (10, 60):
                 together(
                     {
-                        f"memr1 vector, k={k}, as above, paired with the next": lambda i, q, k=k: [
-                            m for m, _ in index.nearest(q, k, user="solo")
-                        ],
-                        f"memr1 vector, k={k}, {index.min_candidates:,} candidates (no scope share)": fixed(k),
+                        f"memr1 vector, k={k}, as above, paired with the next": vector(k),
+                        f"memr1 vector, k={k}, {index.min_candidates:,} candidates (no scope share)": vector(k, 0.0),
                     },
                     recall_at=k,
                 )

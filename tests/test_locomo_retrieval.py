@@ -275,7 +275,7 @@ def test_recall_ideas_start_from_what_ask_ranks(
     expected = turns["results"]["train+val"]["turns"]["recall"]
     assert {str(k): round(r, 4) for k, r in found["default (what ask ranks)"].items()} == expected
     assert all(by_k[6] == 1.0 for by_k in found.values()), found
-    order = sorted(capped, key=capped.__getitem__, reverse=True)
+    order = ideas.best_first(capped)
     assert len(order) == 6 and {c.session[t] for t in order[:2]} == {"1", "2"}
     assert ideas.main([*args, "--k", "6"]) == 0
     assert "| default (what ask ranks) | 1.000 |" in capsys.readouterr().out
